@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny networks, a tiny local text encoder and the bundle's own tokenizer.
+
+Nothing here downloads: the tiny networks are built from the bundle's configs with the overlay
+``tests/configs/tiny_inference.json`` and random weights, and the text encoder is a 2-layer
+``CLIPTextModel`` with the real 49,408-token vocabulary, saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+if str(BUNDLE_ROOT) not in sys.path:
+    sys.path.insert(0, str(BUNDLE_ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+INFERENCE_CONFIG = str(BUNDLE_ROOT / "configs" / "inference.json")
+TINY_OVERLAY = str(BUNDLE_ROOT / "tests" / "configs" / "tiny_inference.json")
+TOKENIZER_DIR = str(BUNDLE_ROOT / "tokenizer")
+TINY_TEXT_HIDDEN = 32
+
+
+def make_tiny_text_encoder(hidden: int = TINY_TEXT_HIDDEN, layers: int = 2, seed: int = 0):
+    """A 2-layer CLIPTextModel with the CLIP vocabulary and 77 positions (random weights)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_parser(*extra_files: str, **overrides):
+    """ConfigParser of inference.json + the tiny overlay (+ ``extra_files``), with ``overrides`` applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([INFERENCE_CONFIG, TINY_OVERLAY, *extra_files])
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
+    """Random tiny autoencoder / UNet weights (new MONAI layout) and a tiny text encoder in ``model_dir``."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    parser = tiny_parser()
+    torch.manual_seed(seed)
+    autoencoder = parser.get_parsed_content("autoencoder_def")
+    unet = parser.get_parsed_content("network_def")
+    torch.save(autoencoder.state_dict(), model_dir / "autoencoder.pt")
+    torch.save(unet.state_dict(), model_dir / "model.pt")
+    make_tiny_text_encoder(seed=seed).save_pretrained(model_dir / "text_encoder")
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Folder with tiny ``autoencoder.pt``, ``model.pt`` (new layout) and ``text_encoder/``."""
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from scripts.text import load_tokenizer
+
+    return load_tokenizer(TOKENIZER_DIR)
