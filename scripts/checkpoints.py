@@ -1,0 +1,114 @@
+"""Loading network weights safely: ``weights_only`` unpickling, ``map_location``, clear errors.
+
+Two layouts exist for this model's weights: the released GenerativeModels-format state dicts
+(``load_old=True``; converted with MONAI's ``load_old_state_dict``) and current MONAI state dicts, which
+is what this bundle's training writes (``load_old=False``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DOWNLOAD_HINT = "run `python -m scripts.download` (or place the file there by hand, see README 'Weights')"
+
+
+class CheckpointError(RuntimeError):
+    """A weights file is missing, unreadable, or does not fit the network."""
+
+
+def read_state_dict(path: str, key: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+    """The state dict stored in ``path`` (a plain state dict, or entry ``key`` of a training checkpoint).
+
+    Unpickling is restricted to tensors and plain containers (``weights_only=True``), so a checkpoint
+    cannot run code.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Weights file '{path}' not found: {DOWNLOAD_HINT}.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise CheckpointError(
+            f"Weights file '{path}' could not be read ({type(error).__name__}): it is corrupted, truncated or not "
+            f"a PyTorch checkpoint; delete it and {DOWNLOAD_HINT}."
+        ) from None
+    if key is not None:
+        if not isinstance(state, dict) or key not in state:
+            found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"Weights file '{path}' has no entry '{key}' (it has {found}).")
+        state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"Weights file '{path}' does not hold a state dict; for a training checkpoint, name the entry "
+            "holding the network weights (e.g. key='network')."
+        )
+    return state
+
+
+def _mismatch_summary(network: torch.nn.Module, state: dict) -> str:
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong_shape:
+        k = wrong_shape[0]
+        parts.append(f"{len(wrong_shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+    return ", ".join(parts) or "no key differences"
+
+
+def load_weights(
+    network: torch.nn.Module,
+    path: str,
+    load_old: bool = False,
+    device: str | torch.device = "cpu",
+    key: str | None = None,
+    strict: bool = True,
+) -> torch.nn.Module:
+    """Load the weights in ``path`` into ``network``; return it on ``device`` in ``eval()`` mode.
+
+    Args:
+        network: the instantiated network (``autoencoder_def`` / ``network_def`` of the config).
+        path: weights file.
+        load_old: the file is in the GenerativeModels layout of the released checkpoints.
+        device: where the network goes.
+        key: entry of a training checkpoint dict that holds the weights (None: the file is the state dict).
+        strict: every key must match.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, unreadable, or of another architecture.
+    """
+    state = read_state_dict(path, key=key, map_location="cpu")
+    name = type(network).__name__
+    try:
+        if load_old:
+            if not hasattr(network, "load_old_state_dict"):
+                raise CheckpointError(f"load_old=True but {name} has no GenerativeModels layout to convert from.")
+            leftover = dict(state)  # load_old_state_dict pops the keys it converts
+            network.load_old_state_dict(leftover)
+            if strict and leftover:
+                raise CheckpointError(
+                    f"Weights file '{path}' does not fit {name}: {len(leftover)} keys were not used "
+                    f"(e.g. {next(iter(leftover))}); check the network settings or set load_old False."
+                )
+        else:
+            network.load_state_dict(state, strict=strict)
+    except CheckpointError:
+        raise
+    except (RuntimeError, KeyError) as error:
+        hint = (
+            "set --load_old False if this file was written by this bundle's training"
+            if load_old
+            else "set --load_old True if this is a released GenerativeModels checkpoint"
+        )
+        detail = _mismatch_summary(network, state) if not load_old else f"{type(error).__name__}: {str(error)[:200]}"
+        raise CheckpointError(
+            f"Weights file '{path}' does not fit {name} as configured ({detail}); {hint}, or check the network settings."
+        ) from None
+    return network.to(device).eval()

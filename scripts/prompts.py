@@ -1,0 +1,240 @@
+"""What to generate: prompts from the command line or a prompts file, expanded into one job per image.
+
+A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}``. ``name`` is the file stem of the image
+(without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``, where the hash covers everything that
+decides the pixels (prompt, negative prompt, seed, steps, guidance, scheduler, model version, null
+prompt) and the output format. The same command therefore gives the same names (so a re-run skips images
+already written), and names never collide, within a run or across runs with other settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("png", "jpg", "pt")
+PROMPTS_FILE_COLUMNS = ("prompt", "negative_prompt", "seed", "num_samples")
+
+
+class PromptsError(ValueError):
+    """Bad prompts, prompts file or sampling settings."""
+
+
+def _raw_cli_value(key: str) -> str | None:
+    """The literal text given as ``--key`` on a ``python -m monai.bundle`` command line, if any.
+
+    ``fire`` turns ``--prompt 123`` into an int, ``True`` into a bool and ``"effusion, cardiomegaly"``
+    into a tuple before the config sees it; the original words are still in ``sys.argv``.
+    """
+    if not sys.argv or not sys.argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return None
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == f"--{key}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{key}="):
+            return arg[len(key) + 3 :]
+    return None
+
+
+def coerce_text(value, key: str = "prompt") -> str:
+    """A prompt as the user wrote it, whatever type the command-line parser made of it.
+
+    Strings pass through. Numbers, booleans and tuples (what ``fire`` makes of ``123``, ``True`` or
+    ``effusion, cardiomegaly``) are replaced by the literal command-line text when the bundle runs from
+    the command line, else converted with ``str`` (tuples joined with ", ").
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    raw = _raw_cli_value(key)
+    if raw is not None:
+        return raw
+    if isinstance(value, (tuple, list)):
+        return ", ".join(coerce_text(v, key="") for v in value)
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    raise PromptsError(f"--{key} must be text, got {type(value).__name__}: {value!r}.")
+
+
+def _as_int(value, what: str, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise PromptsError(f"{what} must be an integer, got {value!r}.") from None
+    if number < minimum:
+        raise PromptsError(f"{what} must be >= {minimum}, got {number}.")
+    return number
+
+
+def read_prompts_file(path: str) -> list[dict]:
+    """Rows of a prompts file: ``{"prompt", optional "negative_prompt", "seed", "num_samples"}``.
+
+    - ``.csv``: a header with a ``prompt`` column, optional ``negative_prompt``, ``seed``, ``num_samples``.
+    - anything else (``.txt``): one prompt per line; blank lines and lines starting with ``#`` are skipped.
+
+    Text is read verbatim: it is never evaluated as a config expression.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PromptsError(f"Prompts file '{path}' not found: check --prompts_file.")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        if path.lower().endswith(".csv"):
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            if "prompt" not in columns:
+                raise PromptsError(f"Prompts file '{path}' has no 'prompt' column (columns: {columns}); add a header line 'prompt[,seed,num_samples,negative_prompt]'.")
+            unknown = [c for c in columns if c not in PROMPTS_FILE_COLUMNS]
+            if unknown:
+                raise PromptsError(f"Prompts file '{path}' has unknown columns {unknown}; allowed: {list(PROMPTS_FILE_COLUMNS)}.")
+            rows = []
+            for line_number, raw in enumerate(reader, start=2):
+                row = {k.strip(): (v if v is not None else "") for k, v in raw.items() if k is not None}
+                if not row.get("prompt", "").strip() and not any(str(v).strip() for v in row.values()):
+                    continue
+                parsed = {"prompt": row.get("prompt", "").strip(), "line": line_number}
+                if "negative_prompt" in row:
+                    parsed["negative_prompt"] = row["negative_prompt"].strip()
+                if str(row.get("seed", "")).strip():
+                    parsed["seed"] = _as_int(row["seed"], f"seed on line {line_number} of '{path}'", 0)
+                if str(row.get("num_samples", "")).strip():
+                    parsed["num_samples"] = _as_int(row["num_samples"], f"num_samples on line {line_number} of '{path}'", 0)
+                rows.append(parsed)
+        else:
+            rows = [
+                {"prompt": line.strip(), "line": i}
+                for i, line in enumerate(f, start=1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+    if not rows:
+        raise PromptsError(f"Prompts file '{path}' holds no prompts: write one prompt per line (.txt) or a CSV with a 'prompt' column.")
+    return rows
+
+
+def _slug(text: str, length: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-")
+    return slug or "null-prompt"
+
+
+def image_name(index: int, prompt: str, negative_prompt: str, seed: int, settings: dict) -> str:
+    """File stem of one image (see the module docstring)."""
+    identity = json.dumps(
+        {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, **settings}, sort_keys=True, default=str
+    )
+    digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:8]
+    return f"{index:05d}_{_slug(prompt)}_seed{seed}_{digest}"
+
+
+def sampling_jobs(
+    prompt=None,
+    negative_prompt="",
+    prompts_file: str | None = None,
+    seed: int = 0,
+    num_samples: int = 1,
+    settings: dict | None = None,
+) -> list[dict]:
+    """One job per image to generate.
+
+    Without ``prompts_file``: ``num_samples`` images of ``prompt`` with seeds ``seed, seed+1, ...``.
+    With it: for each row, ``num_samples`` (the row's, else the command's) images with seeds
+    ``row seed, row seed+1, ...``; a row without a seed uses ``seed + 1000 * row index``.
+    Each job also carries the settings that decide its pixels, which the saver writes to the manifest.
+    """
+    settings = dict(settings or {})
+    seed = _as_int(seed, "--seed", 0)
+    num_samples = _as_int(num_samples, "--num_samples", 1)
+    default_negative = coerce_text(negative_prompt, key="negative_prompt")
+    if prompts_file:
+        rows = read_prompts_file(prompts_file)
+    else:
+        rows = [{"prompt": coerce_text(prompt, key="prompt")}]
+    jobs = []
+    for row_index, row in enumerate(rows):
+        row_seed = row.get("seed", seed + 1000 * row_index if prompts_file else seed)
+        negative = row.get("negative_prompt", default_negative)
+        for sample in range(row.get("num_samples", num_samples)):
+            image_seed = row_seed + sample
+            index = len(jobs)
+            jobs.append(
+                {
+                    "prompt": row["prompt"],
+                    "negative_prompt": negative,
+                    "seed": image_seed,
+                    "name": image_name(index, row["prompt"], negative, image_seed, settings),
+                    **{k: v for k, v in settings.items() if k != "output_format"},
+                }
+            )
+    return jobs
+
+
+def pending_jobs(jobs: Sequence[dict], output_dir: str, rank: int | None = None, world_size: int | None = None) -> list[dict]:
+    """The jobs whose image is not yet in ``output_dir`` (so a re-run resumes), this rank's share only.
+
+    Under ``torchrun`` (or with ``rank``/``world_size`` given) rank r takes jobs r, r+W, r+2W, ...
+    """
+    from scripts.saver import existing_image
+
+    if world_size is None:
+        rank, world_size = _distributed_rank()
+    shard = [job for i, job in enumerate(jobs) if i % world_size == rank]
+    return [job for job in shard if existing_image(output_dir, job["name"]) is None]
+
+
+def _distributed_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def collate_jobs(jobs: Sequence[dict]) -> dict:
+    """Batch of jobs: a dict of lists (strings stay strings, seeds stay ints)."""
+    return {key: [job[key] for job in jobs] for key in jobs[0]}
+
+
+def prepare_job_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+    """``prepare_batch`` of the sampling evaluator: the job batch is the sampler's input, there is no target."""
+    return batchdata, None
+
+
+def check_settings(output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples) -> None:
+    """Fail early, before any model is loaded or file written, on settings that cannot work."""
+    if str(output_format).lower() not in OUTPUT_FORMATS:
+        raise PromptsError(f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}.")
+    _as_int(num_inference_steps, "--num_inference_steps", 1)
+    _as_int(batch_size, "--batch_size", 1)
+    _as_int(num_samples, "--num_samples", 1)
+    try:
+        float(guidance_scale)
+    except (TypeError, ValueError):
+        raise PromptsError(f"--guidance_scale must be a number, got {guidance_scale!r}.") from None
+
+
+def report_nothing_to_do(jobs: Sequence[dict], output_dir: str) -> None:
+    """Called instead of the sampler when every image exists: only bring the manifest up to date."""
+    from scripts.saver import merge_manifests
+
+    if _distributed_rank()[0] == 0:
+        merge_manifests(output_dir, jobs)
+    logger.info("All %d images are already in %s: nothing to generate.", len(jobs), output_dir)
+    print(f"All {len(jobs)} images are already in {output_dir}: nothing to generate.")
+
+
+def bundle_version(bundle_root: str) -> str:
+    """``version`` of ``configs/metadata.json`` (written to the manifest and hashed into file names)."""
+    path = os.path.join(bundle_root, "configs", "metadata.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return str(json.load(f).get("version", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"

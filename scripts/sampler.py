@@ -1,0 +1,206 @@
+"""Text-guided latent sampling: prompts → context → denoised latents → decoded images.
+
+``GuidedLatentSampler`` is the inferer of ``configs/inference.json``. One call follows the order of a
+diffusers pipeline: check the inputs, encode the prompts and negative prompts, draw the initial latents
+from one generator per image, set the scheduler's timesteps, run the guided denoising loop under a
+progress bar, decode, and clip to [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from monai.inferers import Inferer
+from tqdm.auto import tqdm
+
+from scripts.schedulers import is_stochastic
+from scripts.text import encode_ids, prompt_ids
+
+AUTOCAST_DTYPES = {None: None, "none": None, "float32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                   "float16": torch.float16, "fp16": torch.float16}
+
+
+def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
+    """Initial noise (B, *latent_shape), image i drawn from its own CPU generator seeded with ``seeds[i]``.
+
+    Drawing on the CPU makes an image depend only on its seed: not on the batch it is in, its position
+    there, or the device.
+    """
+    return torch.stack(
+        [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+
+
+class GuidedLatentSampler(Inferer):
+    """Classifier-free guided sampling of a latent diffusion UNet, as a MONAI inferer.
+
+    Args:
+        autoencoder: ``AutoencoderKL``; ``decode_stage_2_outputs`` maps latents (B, 3, h, w) to images.
+        text_encoder: frozen ``CLIPTextModel``; its ``last_hidden_state`` (B, 77, C) is the context.
+        tokenizer: the bundle's CLIP tokenizer.
+        scheduler: a MONAI-interface scheduler (``scripts.schedulers.build_scheduler``).
+        num_inference_steps: denoising steps (>= 1).
+        guidance_scale: g in ``out = out_uncond + g * (out_cond - out_uncond)``; 1 disables guidance
+            (one UNet pass per step), 0 samples unconditionally.
+        scale_factor: latents are divided by it before decoding.
+        latent_shape: (3, 64, 64) for 512² images.
+        null_prompt: style of the null prompt (``scripts.text.NULL_PROMPT_STYLES``), the unconditional
+            branch whenever the negative prompt is "".
+        batched_guidance: run both guidance branches in one UNet call of batch 2B.
+        autocast_dtype: ``"bfloat16"``/``"float16"`` to run the UNet and decoder under ``torch.autocast``;
+            None for float32.
+        channels_last: use the channels-last memory format for the UNet and the autoencoder.
+        compile: wrap the UNet in ``torch.compile`` (first call compiles; worthwhile for many images).
+        progress: show a progress bar over denoising steps.
+    """
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        tokenizer,
+        scheduler,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.0,
+        scale_factor: float = 0.3,
+        latent_shape: Sequence[int] = (3, 64, 64),
+        null_prompt: str = "empty_prompt",
+        batched_guidance: bool = True,
+        autocast_dtype: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        key = None if autocast_dtype is None else str(autocast_dtype).lower()
+        if key not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be one of {sorted(k for k in AUTOCAST_DTYPES if k)} or null, got {autocast_dtype!r}.")
+        self.autoencoder = autoencoder.eval()
+        self.text_encoder = text_encoder.eval()
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.scale_factor = float(scale_factor)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.null_prompt = null_prompt
+        self.batched_guidance = bool(batched_guidance)
+        self.autocast_dtype = AUTOCAST_DTYPES[key]
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        self.progress = bool(progress)
+        self._context_cache: dict[str, torch.Tensor] = {}
+        self._compiled: dict[int, torch.nn.Module] = {}
+        if self.channels_last:
+            self.autoencoder.to(memory_format=torch.channels_last)
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Context (B, 77, C) of ``prompts``; "" is the null prompt. Embeddings are cached per text."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._context_cache]
+        if missing:
+            ids = prompt_ids(self.tokenizer, missing, null_prompt=self.null_prompt)
+            for text, context in zip(missing, encode_ids(self.text_encoder, ids)):
+                self._context_cache[text] = context
+        return torch.stack([self._context_cache[p] for p in prompts])
+
+    def _unet(self, network: torch.nn.Module) -> torch.nn.Module:
+        if self.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if not self.compile:
+            return network
+        if id(network) not in self._compiled:
+            self._compiled[id(network)] = torch.compile(network)
+        return self._compiled[id(network)]
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def guided_output(self, unet, latents, timestep, context, uncond_context) -> torch.Tensor:
+        """Guided model output (B, 3, h, w) at one ``timestep`` (the scheduler's prediction type)."""
+        batch = latents.shape[0]
+        t = torch.full((batch,), int(timestep), device=latents.device, dtype=torch.long)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.guidance_scale == 1.0:
+            return unet(latents.contiguous(memory_format=memory_format), timesteps=t, context=context).float()
+        if self.batched_guidance:
+            both = torch.cat([latents, latents]).contiguous(memory_format=memory_format)
+            output = unet(both, timesteps=torch.cat([t, t]), context=torch.cat([uncond_context, context])).float()
+            out_uncond, out_cond = output.chunk(2)
+        else:
+            x = latents.contiguous(memory_format=memory_format)
+            out_uncond = unet(x, timesteps=t, context=uncond_context).float()
+            out_cond = unet(x, timesteps=t, context=context).float()
+        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+
+    def denoise(
+        self,
+        unet: torch.nn.Module,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        uncond_context: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Run the guided denoising loop from ``latents`` (B, *latent_shape) to clean latents (B, *latent_shape).
+
+        ``seeds`` seed the per-image generators of stochastic schedulers (DDPM), so that their noise also
+        depends on the image alone.
+        """
+        device = latents.device
+        self.scheduler.set_timesteps(self.num_inference_steps, device=device)
+        unet = self._unet(unet)
+        stochastic = is_stochastic(self.scheduler)
+        generators = [torch.Generator(device=device).manual_seed(int(s) + 1) for s in (seeds or [])]
+        if stochastic and len(generators) != latents.shape[0]:
+            raise ValueError("a stochastic scheduler needs one seed per image.")
+        timesteps = self.scheduler.timesteps
+        for t in tqdm(timesteps, desc="denoising", disable=not self.progress, leave=False):
+            with self._autocast(device):
+                output = self.guided_output(unet, latents, t, context, uncond_context)
+            if stochastic:
+                latents = torch.cat(
+                    [
+                        self.scheduler.step(output[i : i + 1], t, latents[i : i + 1], generator=g)[0]
+                        for i, g in enumerate(generators)
+                    ]
+                )
+            else:
+                latents = self.scheduler.step(output, t, latents)[0]
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] from clean latents (B, *latent_shape)."""
+        z = latents / self.scale_factor
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with self._autocast(latents.device):
+            images = self.autoencoder.decode_stage_2_outputs(z)
+        return images.float().clamp(0.0, 1.0).contiguous()
+
+    # -- the whole pipeline -------------------------------------------------------------------------
+    def __call__(self, inputs: dict, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        """Images (B, 1, H, W) in [0, 1] for a batch of jobs.
+
+        Args:
+            inputs: ``{"prompt": [str]*B, "negative_prompt": [str]*B, "seed": [int]*B}`` (other keys ignored).
+            network: the diffusion UNet.
+        """
+        prompts = [str(p) for p in inputs["prompt"]]
+        negatives = [str(p) for p in inputs.get("negative_prompt", [""] * len(prompts))]
+        seeds = [int(s) for s in inputs["seed"]]
+        if not (len(prompts) == len(negatives) == len(seeds)):
+            raise ValueError("prompt, negative_prompt and seed must have one entry per image.")
+        device = next(network.parameters()).device
+        network.eval()
+        with torch.inference_mode():
+            context = self.encode_prompts(prompts).to(device)
+            uncond_context = self.encode_prompts(negatives).to(device)
+            latents = initial_latents(seeds, self.latent_shape).to(device)
+            latents = self.denoise(network, latents, context, uncond_context, seeds=seeds)
+            return self.decode(latents)

@@ -1,0 +1,179 @@
+"""Writing generated images and their manifest, atomically and resumably.
+
+Each image goes to ``<output_dir>/<name>.<png|jpg|pt>`` through a temporary file that is renamed once
+complete, so an interrupted run never leaves a half-written image under a final name. ``manifest.csv``
+lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model version,
+null prompt). Under ``torchrun`` every rank writes its own ``manifest.rank<r>.csv`` and rank 0 merges them
+into ``manifest.csv`` at the end (and on the next run, should a rank have died).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "file",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "scheduler",
+    "model_version",
+    "null_prompt",
+)
+EXTENSIONS = {"png": ".png", "jpg": ".jpg", "pt": ".pt"}
+
+
+def existing_image(output_dir: str, name: str) -> str | None:
+    """Path of the finished image ``name`` in ``output_dir`` in any output format, or None."""
+    for extension in EXTENSIONS.values():
+        path = os.path.join(output_dir, name + extension)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
+    """Write one image (1, H, W) in [0, 1] to ``path`` atomically; row 0 is the top of the picture.
+
+    ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float tensor itself.
+    """
+    if image.ndim != 3 or image.shape[0] != 1:
+        raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
+    temporary = f"{path}.tmp"
+    image = image.detach().float().cpu().clamp(0.0, 1.0)
+    if output_format == "pt":
+        torch.save(image.clone(), temporary)
+    else:
+        pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
+        options = {"quality": 95} if output_format == "jpg" else {}
+        Image.fromarray(pixels, mode="L").save(temporary, format="JPEG" if output_format == "jpg" else "PNG", **options)
+    os.replace(temporary, path)
+    return path
+
+
+def _write_csv(path: str, rows: Sequence[dict]) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def read_manifest(path: str) -> dict[str, dict]:
+    """Rows of a manifest file keyed by file name (empty if the file does not exist).
+
+    Rows whose image is not in the manifest's folder (e.g. a line torn by a crash) are dropped.
+    """
+    if not os.path.isfile(path):
+        return {}
+    folder = os.path.dirname(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        return {
+            row["file"]: row
+            for row in csv.DictReader(f)
+            if row.get("file") and None not in row and os.path.isfile(os.path.join(folder, row["file"]))
+        }
+
+
+def manifest_row(job: dict, file_name: str) -> dict:
+    return {"file": file_name, **{k: job.get(k, "") for k in MANIFEST_COLUMNS if k != "file"}}
+
+
+def merge_manifests(output_dir: str, jobs: Sequence[dict] = ()) -> str:
+    """Fold the per-rank manifests, and rows for finished ``jobs`` missing from it, into ``manifest.csv``."""
+    main = os.path.join(output_dir, MANIFEST)
+    rows = read_manifest(main)
+    shards = sorted(glob.glob(os.path.join(output_dir, "manifest.rank*.csv")))
+    for shard in shards:
+        rows.update(read_manifest(shard))
+    for job in jobs:
+        path = existing_image(output_dir, job["name"])
+        if path is not None and os.path.basename(path) not in rows:
+            rows[os.path.basename(path)] = manifest_row(job, os.path.basename(path))
+    if rows or os.path.isdir(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+        _write_csv(main, sorted(rows.values(), key=lambda row: row["file"]))
+    for shard in shards:
+        os.remove(shard)
+    return main
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class SampleWriter:
+    """Ignite handler of the sampling evaluator: saves ``engine.state.output["pred"]`` after each batch.
+
+    Args:
+        output_dir: folder of the images and ``manifest.csv`` (created on the first write).
+        output_format: ``png`` (8-bit), ``jpg`` (8-bit, quality 95) or ``pt`` (float tensor in [0, 1]).
+        jobs: all jobs of the run (``scripts.prompts.sampling_jobs``); at the start of a run, finished
+            images missing from the manifest (a run killed between image and manifest) are added back.
+    """
+
+    def __init__(self, output_dir: str, output_format: str = "png", jobs: Sequence[dict] = ()) -> None:
+        output_format = str(output_format).lower()
+        if output_format not in EXTENSIONS:
+            raise ValueError(f"output_format must be one of {sorted(EXTENSIONS)}, got {output_format!r}.")
+        self.output_dir = os.fspath(output_dir)
+        self.output_format = output_format
+        self.jobs = list(jobs)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def _manifest_path(self) -> str:
+        rank, world = _rank_and_world()
+        return os.path.join(self.output_dir, MANIFEST if world == 1 else f"manifest.rank{rank}.csv")
+
+    def started(self, engine=None) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        rank, world = _rank_and_world()
+        if rank == 0:
+            merge_manifests(self.output_dir, self.jobs)
+        if world > 1:
+            torch.distributed.barrier()
+
+    def __call__(self, engine) -> None:
+        images = engine.state.output["pred"]
+        batch = engine.state.batch
+        rows = []
+        for i, image in enumerate(images):
+            job = {key: values[i] for key, values in batch.items()}
+            file_name = job["name"] + EXTENSIONS[self.output_format]
+            write_image(image, os.path.join(self.output_dir, file_name), self.output_format)
+            rows.append(manifest_row(job, file_name))
+        # Appending keeps the cost per batch constant for large runs; a line torn by a crash is dropped
+        # (and rebuilt from the finished images) when the manifests are merged.
+        path = self._manifest_path()
+        new_file = not os.path.isfile(path) or os.path.getsize(path) == 0
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def completed(self, engine=None) -> None:
+        rank, world = _rank_and_world()
+        if world > 1:
+            torch.distributed.barrier()
+        if rank == 0:
+            merge_manifests(self.output_dir, self.jobs)
