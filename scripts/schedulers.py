@@ -14,6 +14,7 @@ SCHEDULERS = {
     "ddim": "monai.networks.schedulers:DDIMScheduler",
     "ddpm": "monai.networks.schedulers:DDPMScheduler",
     "pndm": "monai.networks.schedulers:PNDMScheduler",
+    "dpmpp_2m": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).
@@ -21,6 +22,7 @@ SCHEDULER_DEFAULTS = {
     "ddim": {"clip_sample": False},
     "ddpm": {"clip_sample": False},
     "pndm": {"skip_prk_steps": True},
+    "dpmpp_2m": {"solver_order": 2},
 }
 
 
