@@ -80,7 +80,7 @@ def classify_header(label: str, require_target: bool = False) -> str | None:
     A label that is neither counts as another section only when it is upper case or a known section name,
     so that a sentence such as "Lines and tubes: unchanged" is not mistaken for a header.
     """
-    words = re.sub(r"[^A-Za-z ]", " ", label).upper().split()
+    words = re.sub(r"[^A-Za-z ]", " ", re.sub(r"\((s)\)", r"\1", label, flags=re.IGNORECASE)).upper().split()
     if not words or len(words) > 6:
         return None
     findings = any(_like(word, FINDINGS_WORDS) for word in words)

@@ -1,0 +1,209 @@
+"""MIMIC-CXR preparation on generated synthetic trees: datalists, splits, sizes, sentences, resume, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers_data import load_datalist, make_synthetic_mimic
+from monai.data import load_decathlon_datalist
+from PIL import Image
+
+import scripts.prepare_mimic as prepare_mimic
+from conftest import BUNDLE_ROOT
+from scripts.prepare_mimic import PreparationError, prepare
+from scripts.synthetic_mimic import FINDINGS_CSV, METADATA_CSV, SPLIT_CSV
+
+SHORT_SIDE = 64
+
+
+@pytest.fixture(scope="module")
+def raw_root(tmp_path_factory) -> Path:
+    """20 synthetic subjects, 80 px wide images, reports both as a tree and as the zip (read-only for tests)."""
+    return make_synthetic_mimic(tmp_path_factory.mktemp("raw"), num_subjects=20, image_size=80, seed=3, reports="both")
+
+
+@pytest.fixture(scope="module")
+def prepared(raw_root, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("prepared")
+    summary = prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    return output, summary
+
+
+def _copy(raw_root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "raw"
+    shutil.copytree(raw_root, copy)
+    return copy
+
+
+def _all_items(datalist: dict) -> list[dict]:
+    return [item for entries in datalist.values() for item in entries]
+
+
+def test_datalist_has_disjoint_patient_splits_of_pa_images_only(raw_root, prepared):
+    output, summary = prepared
+    datalist = load_datalist(output)
+    assert set(datalist) == {"training", "validation", "test"}
+    assert all(len(entries) > 0 for entries in datalist.values())
+    subjects = {name: {item["subject_id"] for item in entries} for name, entries in datalist.items()}
+    assert not subjects["training"] & subjects["validation"]
+    assert not subjects["training"] & subjects["test"]
+    assert not subjects["validation"] & subjects["test"]
+
+    metadata = pd.read_csv(raw_root / METADATA_CSV, dtype={"dicom_id": str})
+    views = dict(zip(metadata["dicom_id"], metadata["ViewPosition"]))
+    assert {views[item["dicom_id"]] for item in _all_items(datalist)} == {"PA"}
+    assert set(metadata["ViewPosition"]) > {"PA"}  # the input really had other views to leave out
+    assert len(_all_items(datalist)) == (metadata["ViewPosition"] == "PA").sum() == summary["images_written"]
+
+    official = pd.read_csv(raw_root / SPLIT_CSV, dtype={"dicom_id": str})
+    official_split = dict(zip(official["dicom_id"], official["split"]))
+    names = {"training": "train", "validation": "validate", "test": "test"}
+    assert all(official_split[item["dicom_id"]] == names[name] for name, entries in datalist.items() for item in entries)
+
+
+def test_images_are_8_bit_grayscale_with_the_requested_short_side(raw_root, prepared):
+    output, _ = prepared
+    metadata = pd.read_csv(raw_root / METADATA_CSV, dtype={"dicom_id": str}).set_index("dicom_id")
+    for item in _all_items(load_datalist(output)):
+        with Image.open(output / item["image"]) as image:
+            assert image.mode == "L"
+            width, height = image.size
+        assert min(width, height) == SHORT_SIDE
+        original = metadata.loc[item["dicom_id"]]
+        assert abs(height / width - original["Rows"] / original["Columns"]) < 2 / SHORT_SIDE  # aspect kept
+        assert item["image"] == f"files/p{str(item['subject_id'])[:2]}/p{item['subject_id']}/s{item['study_id']}/{item['dicom_id']}.jpg"
+
+
+def test_sentences_match_the_report_texts(raw_root, prepared):
+    output, _ = prepared
+    truth = pd.read_csv(raw_root / FINDINGS_CSV, keep_default_na=False)
+    expected = {row.study_id: json.loads(row.sentences) for row in truth.itertuples()}
+    items = _all_items(load_datalist(output))
+    assert all(item["sentences"] == expected[item["study_id"]] for item in items)
+    assert all(len(item["sentences"]) >= 1 for item in items)
+    # the datalist loads with MONAI and points at existing files
+    training = load_decathlon_datalist(str(output / "datalist.json"), data_list_key="training", base_dir=str(output))
+    assert all(Path(item["image"]).is_file() for item in training)
+
+
+def test_reports_zip_and_uncompressed_tables_give_the_same_datalist(raw_root, prepared, tmp_path):
+    copy = _copy(raw_root, tmp_path)
+    for name in (METADATA_CSV, SPLIT_CSV):
+        (copy / name.removesuffix(".gz")).write_bytes(gzip.decompress((copy / name).read_bytes()))
+        (copy / name).unlink()
+    for report in (copy / "files").rglob("s*.txt"):
+        report.unlink()  # only the zip is left
+    output = tmp_path / "prepared"
+    prepare(str(copy), str(output), reports=str(copy / "mimic-cxr-reports.zip"), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    assert load_datalist(output) == load_datalist(prepared[0])
+
+
+def test_interrupted_run_resumes_without_redoing_finished_images(raw_root, prepared, tmp_path, monkeypatch):
+    output = tmp_path / "prepared"
+    real_resize = prepare_mimic.resize_image
+    calls = []
+
+    def resize_then_interrupt(*args):
+        if len(calls) == 5:
+            # a crash in the middle of writing the 6th image leaves a partial file behind
+            Path(args[1] + prepare_mimic.TEMPORARY_SUFFIX).parent.mkdir(parents=True, exist_ok=True)
+            Path(args[1] + prepare_mimic.TEMPORARY_SUFFIX).write_bytes(b"\xff\xd8 half a jpeg")
+            raise KeyboardInterrupt
+        calls.append(args[1])
+        return real_resize(*args)
+
+    monkeypatch.setattr(prepare_mimic, "resize_image", resize_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    monkeypatch.undo()
+    assert not (output / "datalist.json").exists()  # no half datalist that a trainer could pick up
+    finished = {path: Path(path).stat().st_mtime_ns for path in calls}
+    assert len(finished) == 5 and all(Image.open(path).size for path in finished)
+
+    summary = prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    assert summary["images_already_done"] == 5
+    assert summary["images_written"] == prepared[1]["images_written"] - 5
+    assert {path: Path(path).stat().st_mtime_ns for path in finished} == finished  # not rewritten
+    assert not list(output.rglob("*" + prepare_mimic.TEMPORARY_SUFFIX))
+    assert load_datalist(output) == load_datalist(prepared[0])
+
+    again = prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    assert again["images_written"] == 0 and again["images_already_done"] == summary["images_written"] + 5
+
+
+def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_path):
+    copy = _copy(raw_root, tmp_path)
+    metadata = pd.read_csv(copy / METADATA_CSV, dtype={"dicom_id": str})
+    pa = metadata[metadata["ViewPosition"] == "PA"].drop_duplicates("study_id").reset_index(drop=True)
+    path_of = lambda row, name: copy / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / name  # noqa: E731
+    corrupt, sectionless, missing = pa.iloc[0], pa.iloc[1], pa.iloc[2]
+    image = path_of(corrupt, f"s{corrupt.study_id}/{corrupt.dicom_id}.jpg")
+    image.write_bytes(image.read_bytes()[:200])  # truncated JPEG
+    path_of(sectionless, f"s{sectionless.study_id}.txt").write_text(" EXAMINATION: CHEST\n\n INDICATION: ___\n\n Lungs clear.\n")
+    path_of(missing, f"s{missing.study_id}.txt").unlink()
+
+    output = tmp_path / "prepared"
+    summary = prepare(str(copy), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    assert summary["images_unreadable"] == 1
+    assert summary["reports_without_sections"] == 1
+    assert summary["reports_missing"] == 1
+    pa_count = (metadata["ViewPosition"] == "PA").sum()
+    skipped_pa = metadata[(metadata["ViewPosition"] == "PA") & metadata["study_id"].isin([sectionless.study_id, missing.study_id])]
+    assert summary["images_skipped"] == 1 + len(skipped_pa)
+    kept = {item["dicom_id"] for item in _all_items(load_datalist(output))}
+    assert len(kept) == pa_count - summary["images_skipped"]
+    skipped = pd.read_csv(output / "skipped.csv", dtype={"dicom_id": str})
+    reasons = dict(zip(skipped["dicom_id"], skipped["reason"]))
+    assert reasons[corrupt.dicom_id].startswith("unreadable image")
+    assert reasons[sectionless.dicom_id] == "report has no FINDINGS/IMPRESSION"
+    assert reasons[missing.dicom_id] == "no report"
+    assert not set(reasons) & kept
+    assert json.loads((output / "summary.json").read_text()) == summary
+
+
+def test_nothing_usable_exits_non_zero_with_a_message(raw_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_mimic.main(str(raw_root), str(tmp_path / "out"), view_positions="NONE", num_workers=0, progress=False)
+    assert exit_info.value.code == 1
+    assert "no usable image" in capsys.readouterr().err
+
+
+def test_bad_inputs_give_one_line_errors(raw_root, prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_mimic.main(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
+    assert exit_info.value.code == 2
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(PreparationError, match="prepared with"):  # mixing image sizes in one folder
+        prepare(str(raw_root), str(prepared[0]), short_side=SHORT_SIDE // 2, num_workers=0, progress=False)
+    copy = _copy(raw_root, tmp_path)
+    splits = pd.read_csv(copy / SPLIT_CSV, dtype={"dicom_id": str})
+    subject = splits["subject_id"].value_counts().index[0]  # a subject with several images
+    first = splits.index[splits["subject_id"] == subject][0]
+    splits.loc[first, "split"] = "test" if splits.loc[first, "split"] != "test" else "train"
+    splits.to_csv(copy / SPLIT_CSV, index=False)
+    with pytest.raises(PreparationError, match="several splits"):
+        prepare(str(copy), str(tmp_path / "out2"), short_side=SHORT_SIDE, num_workers=0, progress=False)
+
+
+def test_command_line_generates_and_prepares_in_parallel(tmp_path):
+    raw, output = tmp_path / "raw", tmp_path / "prepared"
+    commands = [
+        [sys.executable, "-m", "scripts.synthetic_mimic", "--output_dir", str(raw), "--num_subjects", "6", "--seed", "1", "--image_size", "72"],
+        [sys.executable, "-m", "scripts.prepare_mimic", "--mimic_dir", str(raw), "--output_dir", str(output), "--short_side", "48",
+         "--view_positions", "PA,AP", "--num_workers", "2", "--progress", "False"],
+    ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    metadata = pd.read_csv(raw / METADATA_CSV)
+    items = _all_items(load_datalist(output))
+    assert len(items) == metadata["ViewPosition"].isin(["PA", "AP"]).sum()
+    assert "Prepared" in result.stdout
+    assert all(min(Image.open(output / item["image"]).size) == 48 for item in items)
