@@ -1,0 +1,173 @@
+"""Training checkpoints: atomic writes, resume-from-latest, and exported inference weights.
+
+A run is resumable when re-running the same command continues where it stopped. ``ResumableCheckpoint``
+does both halves for a trainer: every ``save_interval`` epochs it writes ``checkpoint_epoch=<n>.pt``
+holding the trainer state (epoch, iteration) and every object passed in (networks, optimisers, EMA,
+learning-rate schedulers, AMP grad scalers); when attached to a fresh trainer it loads the newest such
+file before the first iteration. Files are written to a temporary name and renamed, so a run killed
+while saving never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+CHECKPOINT_PREFIX = "checkpoint"
+_EPOCH_PATTERN = re.compile(re.escape(CHECKPOINT_PREFIX) + r"_epoch=(\d+)\.pt$")
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite ``DiskSaver`` that writes to a temporary file and renames it (on rank 0 only).
+
+    Args:
+        dirname: folder of the files (created when missing).
+        filename: fixed file name replacing the one ignite generates (None: keep ignite's name).
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        super().remove(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` whose files are written atomically (same arguments).
+
+    MONAI's saver writes in place; a run killed mid-write would leave a truncated ``model.pt``. With a
+    single object in ``save_dict`` the file is that object's plain ``state_dict`` (what
+    ``scripts.checkpoints.load_weights`` reads with ``key=None``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, getattr(checkpoint.save_handler, "filename", None))
+
+
+class EngineAttributeState:
+    """``state_dict``/``load_state_dict`` of an engine attribute that exists only once the engine runs.
+
+    ``SupervisedTrainer`` creates its AMP ``GradScaler`` in ``run()``, after the config is parsed, so the
+    scaler cannot be named in a config; this wrapper reads ``getattr(engine, name)`` when saving or
+    loading. A missing or disabled scaler saves ``{}``; loading ``{}`` is a no-op (a checkpoint written
+    without AMP resumes with AMP from a fresh scaler).
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+
+    def state_dict(self) -> dict:
+        value = getattr(self.engine, self.name, None)
+        return {} if value is None else value.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        value = getattr(self.engine, self.name, None)
+        if state and value is not None and getattr(value, "is_enabled", lambda: True)():
+            value.load_state_dict(state)
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """Path of ``checkpoint_epoch=<n>.pt`` with the largest ``n`` in ``ckpt_dir`` (None when there is none)."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{CHECKPOINT_PREFIX}_epoch=*.pt")):
+        match = _EPOCH_PATTERN.search(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+class ResumableCheckpoint:
+    """Save the whole training state every ``save_interval`` epochs and resume from the newest save.
+
+    Args:
+        ckpt_dir: folder of ``checkpoint_epoch=<n>.pt``.
+        objects: name -> object with ``state_dict``/``load_state_dict`` (networks, optimisers, EMA model,
+            LR scheduler, ...). The trainer itself is added as ``"trainer"`` (epoch and iteration counters).
+        engine_attributes: engine attributes created only when the run starts (``"scaler"`` of
+            ``SupervisedTrainer``); see ``EngineAttributeState``.
+        save_interval: epochs between saves (the last epoch is always saved).
+        n_saved: how many of the newest checkpoints to keep (None: all).
+        resume: load the newest checkpoint of ``ckpt_dir`` when the run starts.
+        save: write checkpoints (False on the ranks > 0 of a distributed run, which only load).
+        map_location: ``torch.load`` map location (each rank's device in distributed runs).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        objects: Mapping,
+        engine_attributes: Sequence[str] = ("scaler",),
+        save_interval: int = 1,
+        n_saved: int | None = 2,
+        resume: bool = True,
+        save: bool = True,
+        map_location: str | torch.device | None = "cpu",
+    ) -> None:
+        if int(save_interval) < 1:
+            raise ValueError(f"checkpoint save_interval must be >= 1 epoch, got {save_interval}.")
+        self.ckpt_dir = os.fspath(ckpt_dir)
+        self.objects = dict(objects)
+        self.engine_attributes = tuple(engine_attributes)
+        self.save_interval = int(save_interval)
+        self.n_saved = n_saved
+        self.resume = bool(resume)
+        self.save = bool(save)
+        self.map_location = map_location
+        self.resumed_from: str | None = None
+
+    def attach(self, engine: Engine) -> None:
+        objects = {"trainer": engine, **self.objects}
+        for name in self.engine_attributes:
+            objects[name] = EngineAttributeState(engine, name)
+        if self.resume:
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                logger.info(f"No checkpoint in '{self.ckpt_dir}': training starts from epoch 1.")
+            else:
+                self.resumed_from = path
+                logger.info(f"Resuming training from '{path}'.")
+                CheckpointLoader(load_path=path, load_dict=objects, map_location=self.map_location).attach(engine)
+        if self.save:
+            checkpoint = Checkpoint(
+                to_save=objects,
+                save_handler=AtomicDiskSaver(self.ckpt_dir),
+                score_function=lambda e: e.state.epoch,
+                score_name="epoch",
+                n_saved=self.n_saved,
+            )
+            every = Events.EPOCH_COMPLETED(every=self.save_interval)
+            engine.add_event_handler(every | Events.COMPLETED, self._save_once, checkpoint)
+
+    def _save_once(self, engine: Engine, checkpoint: Checkpoint) -> None:
+        # COMPLETED follows the last EPOCH_COMPLETED (same epoch), and a resumed run that had already
+        # finished completes without training: neither needs a second file
+        path = os.path.join(self.ckpt_dir, f"{CHECKPOINT_PREFIX}_epoch={engine.state.epoch}.pt")
+        if engine.state.epoch > 0 and not os.path.isfile(path):
+            checkpoint(engine)
+
+
+def initial_weights(network: torch.nn.Module, path: str | None, load_old: bool = False, key: str | None = None) -> torch.nn.Module:
+    """``network`` with the weights of ``path`` (fine-tuning), or as initialised when ``path`` is None/""."""
+    if path:
+        from scripts.checkpoints import load_weights
+
+        network = load_weights(network, path, load_old=load_old, key=key)
+    return network.train()
