@@ -1,0 +1,86 @@
+"""Image sets for evaluation: a folder of images, or items of a datalist, loaded as (1, H, W) in [0, 1].
+
+A set is a list of dicts with an ``"image"`` path plus a transform that loads one item. Folders (e.g. the
+inference workflow's output) are read with PIL, which keeps the on-disk orientation; datalists use the
+bundle's ``load_image_transforms`` from ``configs/data.json`` so real images are prepared exactly as in
+training (orientation fixed, centre crop at ``image_size``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pt")
+
+
+def load_image_file(path: str) -> torch.Tensor:
+    """(1, H, W) float32 in [0, 1] from an 8-bit (grey or RGB→grey) or 16-bit grey PNG/JPEG or a ``.pt`` tensor in [0, 1]."""
+    if path.endswith(".pt"):
+        image = torch.load(path, map_location="cpu", weights_only=True).float()
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3 or image.shape[0] != 1:
+            raise ValueError(f"'{path}' holds a tensor shaped {tuple(image.shape)}; expected (1, H, W) or (H, W).")
+        return image
+    from PIL import Image
+
+    with Image.open(path) as pil:
+        if pil.mode.startswith("I;16"):
+            array = np.asarray(pil, dtype=np.float32) / 65535.0
+        else:
+            array = np.asarray(pil.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def load_image_item(item: dict) -> dict:
+    """Transform for folder items: adds the loaded (1, H, W) image under ``"image"``."""
+    return {**item, "image": load_image_file(item["image"])}
+
+
+def folder_items(folder: str, limit: int | None = None) -> list[dict]:
+    """Sorted ``{"image": path, "name": file name}`` items of the image files in ``folder`` (first ``limit``)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Image folder '{folder}' does not exist: point the set at a folder of {IMAGE_EXTENSIONS} images.")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+    if not names:
+        raise ValueError(f"Image folder '{folder}' contains no {IMAGE_EXTENSIONS} files.")
+    return [{"image": os.path.join(folder, n), "name": n} for n in names[:limit]]
+
+
+def datalist_items(datalist_file: str, section: str, dataset_dir: str, limit: int | None = None) -> list[dict]:
+    """Items of one section (``"test"``, ``"validation"``...) of a decathlon-style datalist, absolute paths."""
+    from monai.data import load_decathlon_datalist
+
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(f"Datalist '{datalist_file}' not found: prepare the data set first (python -m scripts.prepare_mimic).")
+    items = load_decathlon_datalist(datalist_file, is_segmentation=False, data_list_key=section, base_dir=dataset_dir)
+    if not items:
+        raise ValueError(f"Datalist '{datalist_file}' has no items in section '{section}'.")
+    return [{**item, "name": item.get("dicom_id", os.path.basename(item["image"]))} for item in items[:limit]]
+
+
+def iterate_images(
+    items: Sequence[dict], transform: Callable[[dict], dict] | None = None, batch_size: int = 16, num_workers: int = 0
+) -> Iterator[tuple[list[dict], torch.Tensor]]:
+    """Yield (items, (B, 1, H, W) float32 images in [0, 1]) batches in order."""
+    from monai.data import DataLoader, Dataset
+
+    transform = transform or load_image_item
+    keep = ("image", "name")
+
+    def load(item: dict) -> dict:
+        loaded = transform(dict(item))
+        return {"image": torch.as_tensor(loaded["image"]).float(), "index": item["_index"]}
+
+    indexed = [{k: v for k, v in item.items() if k in keep} | {"_index": i} for i, item in enumerate(items)]
+    loader = DataLoader(Dataset(indexed, transform=load), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for batch in loader:
+        images = torch.as_tensor(batch["image"]).float()
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"Loaded images must be (1, H, W); got a batch shaped {tuple(images.shape)}.")
+        yield [items[int(i)] for i in batch["index"]], images

@@ -1,0 +1,53 @@
+"""Helpers for the evaluation tests: images and image folders made on the fly, random-weight DenseNets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def smooth_images(num_images: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """(N, 1, size, size) images in [0, 1]: random blobs smoothed by upsampling an 8×8 grid (X-ray-like contrast)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_images, 1, 8, 8, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def noise_images(num_images: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """(N, 1, size, size) independent uniform noise in [0, 1]."""
+    return torch.rand(num_images, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def write_png_folder(folder: Path, images: torch.Tensor, prefix: str = "img") -> Path:
+    """Save (N, 1, H, W) images in [0, 1] as 8-bit PNGs ``<prefix>_0000.png``... in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        array = (image[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"{prefix}_{index:04d}.png")
+    return folder
+
+
+def random_densenet_file(path: Path, seed: int = 0) -> Path:
+    """A random-weight torchxrayvision DenseNet-121 state dict saved at ``path`` (stands in for the release file)."""
+    import torchxrayvision as xrv
+
+    torch.manual_seed(seed)
+    model = xrv.models.DenseNet(weights=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+class InputRecorder:
+    """Forward pre-hook on ``model.features`` keeping a copy of every tensor that reaches the network."""
+
+    def __init__(self, model) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.handle = model.features.register_forward_pre_hook(lambda module, args: self.inputs.append(args[0].detach().clone()))
+
+    def close(self) -> None:
+        self.handle.remove()
