@@ -312,7 +312,6 @@ def main(
     limit: int | None = None,
     progress: bool = True,
 ) -> None:
-    """Prepare MIMIC-CXR-JPG-format data for training (see ``python -m scripts.prepare_mimic -- --help``)."""
     try:
         summary = prepare(**{k: v for k, v in locals().items()})
     except PreparationError as error:
@@ -325,6 +324,8 @@ def main(
         raise SystemExit(1)
     print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} skipped, listed in skipped.csv).")
 
+
+main.__doc__ = "Prepare MIMIC-CXR-JPG-format data for training; prints the summary.\n" + prepare.__doc__.split("\n", 1)[1]
 
 if __name__ == "__main__":
     import fire

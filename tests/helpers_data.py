@@ -2,11 +2,11 @@
 
 Usable by every test module (``from helpers_data import make_prepared_synthetic``)::
 
-    dataset_dir = make_prepared_synthetic(tmp_path, num_subjects=12, image_size=64)
+    dataset_dir = make_prepared_synthetic(tmp_path, num_subjects=20, image_size=64)
     parser = tiny_parser("configs/data.json", dataset_dir=str(dataset_dir))
 
 or the session-wide fixture ``prepared_synthetic_dir`` (import it into the test module), which prepares
-12 subjects at 64 px once per test session. Nothing is downloaded; 12 subjects take well under a second.
+20 subjects at 64 px once per test session. Nothing is downloaded; 20 subjects take about a second.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def make_synthetic_mimic(tmp_dir, num_subjects: int = 12, image_size: int = 80, 
     return root
 
 
-def make_prepared_synthetic(tmp_dir, num_subjects: int = 12, image_size: int = 64, seed: int = 0) -> Path:
+def make_prepared_synthetic(tmp_dir, num_subjects: int = 20, image_size: int = 64, seed: int = 0) -> Path:
     """Prepared synthetic data (PA images with short side ``image_size``, ``datalist.json``) in ``tmp_dir/prepared``.
 
     The raw images are drawn a quarter larger than ``image_size`` so that preparation really resizes them.
@@ -47,5 +47,5 @@ def load_datalist(dataset_dir) -> dict:
 
 @pytest.fixture(scope="session")
 def prepared_synthetic_dir(tmp_path_factory) -> Path:
-    """Prepared synthetic data set: 12 subjects, 64 px, seed 0 (shared by the whole session; do not modify)."""
-    return make_prepared_synthetic(tmp_path_factory.mktemp("synthetic_mimic"), num_subjects=12, image_size=64)
+    """Prepared synthetic data set: 20 subjects, 64 px, seed 0 (shared by the whole session; do not modify)."""
+    return make_prepared_synthetic(tmp_path_factory.mktemp("synthetic_mimic"), num_subjects=20, image_size=64)
