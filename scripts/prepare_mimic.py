@@ -34,6 +34,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -135,8 +136,11 @@ def resize_image(source: str, destination: str, short_side: int, quality: int) -
             image.load()
             if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
                 return destination, f"unsupported image mode {image.mode}"
-            if image.mode in ("I;16", "I"):  # 16-bit: keep the full range when going to 8 bits
-                image = image.point(lambda value: value * (255.0 / 65535.0)).convert("L")
+            if image.mode in ("I;16", "I"):
+                # 12/16-bit data rarely fills the container: stretch the image's own range to 8 bits
+                pixels = np.asarray(image, dtype=np.float32)
+                low, high = float(pixels.min()), float(pixels.max())
+                image = Image.fromarray(((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L")
             image = image.convert("L")
             width, height = image.size
             scale = short_side / min(width, height)
@@ -252,6 +256,8 @@ def prepare(
             counts["images_already_done"] += 1
         else:
             original = root / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / f"s{row.study_id}" / f"{row.dicom_id}.jpg"
+            if not original.is_file() and original.with_suffix(".png").is_file():  # own data may be PNG
+                original = original.with_suffix(".png")
             tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
 
     failed = set()

@@ -73,12 +73,13 @@ def _like(word: str, targets: tuple[str, ...]) -> bool:
     return len(word) >= 6 and any(_edit_distance(word, target) <= 2 for target in targets)
 
 
-def classify_header(label: str, require_target: bool = False) -> str | None:
+def classify_header(label: str, require_target: bool = False, known_only: bool = False) -> str | None:
     """Section kind of a header label: ``"findings"``, ``"impression"``, ``"other"``, or ``None`` (not a header).
 
     A label naming both findings and impression (``FINDINGS AND IMPRESSION``) counts as ``"impression"``.
     A label that is neither counts as another section only when it is upper case or a known section name,
-    so that a sentence such as "Lines and tubes: unchanged" is not mistaken for a header.
+    so that a sentence such as "Lines and tubes: unchanged" is not mistaken for a header; with
+    ``known_only`` (headers in the middle of a line) only known section names count.
     """
     words = re.sub(r"[^A-Za-z ]", " ", re.sub(r"\((s)\)", r"\1", label, flags=re.IGNORECASE)).upper().split()
     if not words or len(words) > 6:
@@ -91,7 +92,7 @@ def classify_header(label: str, require_target: bool = False) -> str | None:
         return "findings"
     if require_target:
         return None
-    if " ".join(words) in OTHER_SECTIONS or (label.isupper() and len(words) <= 4):
+    if " ".join(words) in OTHER_SECTIONS or (label.isupper() and len(words) <= 4 and not known_only):
         return "other"
     return None
 
@@ -107,14 +108,14 @@ def extract_sections(text: str) -> dict[str, str]:
 def _section_bodies(text: str) -> dict[str, list[str]]:
     """Raw text (line breaks kept) of each FINDINGS / IMPRESSION section of ``text``, in order."""
     headers: dict[int, tuple[int, str]] = {}  # start -> (end of header, kind)
-    for pattern, require_target in ((_LINE_HEADER, False), (_INLINE_HEADER, False), (_BARE_HEADER, True)):
+    for pattern, options in ((_LINE_HEADER, {}), (_INLINE_HEADER, {"known_only": True}), (_BARE_HEADER, {"require_target": True})):
         for match in pattern.finditer(text):
-            kind = classify_header(match.group("label"), require_target=require_target)
+            kind = classify_header(match.group("label"), **options)
             if kind is None:
                 continue
-            start = match.start("label")
-            if not any(start <= other_start < end or other_start <= start < end for other_start, (end, _) in headers.items()):
-                headers[start] = (match.end(), kind)
+            start, end = match.start("label"), match.end()
+            if not any(start < other_end and other_start < end for other_start, (other_end, _) in headers.items()):
+                headers[start] = (end, kind)
     sections = {"findings": [], "impression": []}
     starts = sorted(headers)
     for index, start in enumerate(starts):

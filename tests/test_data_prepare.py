@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers_data import load_datalist, make_synthetic_mimic
@@ -207,3 +208,23 @@ def test_command_line_generates_and_prepares_in_parallel(tmp_path):
     assert len(items) == metadata["ViewPosition"].isin(["PA", "AP"]).sum()
     assert "Prepared" in result.stdout
     assert all(min(Image.open(output / item["image"]).size) == 48 for item in items)
+
+
+def test_own_data_with_16_bit_png_images_is_stretched_to_8_bits(tmp_path):
+    root = tmp_path / "own"
+    study = root / "files" / "p12" / "p12345678" / "s55555555"
+    study.mkdir(parents=True)
+    pixels = (np.linspace(100, 3000, 120 * 90).reshape(120, 90)).astype(np.uint16)  # 12-bit values in 16 bits
+    pixels[:10, :10] = 4000  # bright top-left corner
+    Image.fromarray(pixels).save(study / "image1.png")
+    (study.parent / "s55555555.txt").write_text("FINDINGS: Big heart.\nIMPRESSION: Cardiomegaly.\n")
+    pd.DataFrame({"dicom_id": ["image1"], "subject_id": [12345678], "study_id": [55555555], "ViewPosition": ["PA"]}).to_csv(root / "meta.csv", index=False)
+    pd.DataFrame({"dicom_id": ["image1"], "split": ["train"]}).to_csv(root / "split.csv", index=False)
+    output = tmp_path / "prepared"
+    prepare(str(root), str(output), metadata_csv=str(root / "meta.csv"), split_csv=str(root / "split.csv"), short_side=45,
+            image_format="png", num_workers=0, progress=False)  # fmt: skip
+    (item,) = load_datalist(output)["training"]
+    assert item["sentences"] == ["Big heart.", "Cardiomegaly."] and item["image"].endswith("image1.png")
+    written = np.asarray(Image.open(output / item["image"]))
+    assert written.dtype == np.uint8 and written.shape == (60, 45)
+    assert written.min() <= 2 and written.max() == 255 and written[0, 0] == 255  # full range, orientation kept

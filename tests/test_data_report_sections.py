@@ -119,6 +119,12 @@ TRICKY_REPORTS = [
         "Catheter in place.",
     ),
     (
+        "an upper-case abbreviation in the middle of a line is not a header",
+        " FINDINGS: Right PICC ends in the SVC. PICC: unchanged.  COMPARISON: ___.\n IMPRESSION: Line in place.\n",
+        "Right PICC ends in the SVC. PICC: unchanged.",
+        "Line in place.",
+    ),
+    (
         "PA AND LATERAL CHEST FINDINGS header",
         " PA AND LATERAL CHEST FINDINGS: Normal heart size.\n IMPRESSION: Normal.\n",
         "Normal heart size.",
