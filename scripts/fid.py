@@ -177,7 +177,7 @@ def main(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     xrv.get_protocol(protocol)
-    model = xrv.load_densenet(None if xrv_weights in (None, "random") else xrv_weights, device=device)
+    model = xrv.load_densenet(xrv_weights, device=device)
     features = [
         set_features(model, items_for(spec, dataset_dir, limit), os.path.basename(os.path.normpath(spec.split("#")[0])),
                      protocol, role, cache_dir=cache_dir, batch_size=batch_size, progress=True)
@@ -196,4 +196,4 @@ def main(
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(main)
+    fire.Fire(main, serialize=lambda summary: None)  # main already printed the JSON

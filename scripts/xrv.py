@@ -165,8 +165,8 @@ def load_densenet(
     """torchxrayvision DenseNet-121 in eval mode with weights from a local file.
 
     Args:
-        weights_path: local weights file (the release ``.pt`` or a plain state dict); ``None`` keeps random
-            weights (tests only; ``model.random_weights`` is then True).
+        weights_path: local weights file (the release ``.pt`` or a plain state dict); ``None`` or ``"random"``
+            keeps random weights (tests only; ``model.random_weights`` is then True).
         weights_name: torchxrayvision weights name whose output labels and operating points apply.
         sha256: hash of the official release file, required before unpickling a non-state-dict file.
         device: where the network goes.
@@ -186,7 +186,7 @@ def load_densenet(
     model = xrv.models.DenseNet(weights=None, num_classes=len(info["labels"]))
     model.pathologies = list(info["labels"])
     model.targets = model.pathologies
-    if weights_path is None:
+    if weights_path is None or weights_path == "random":
         logger.warning("torchxrayvision DenseNet has RANDOM weights: FID and adherence numbers are not meaningful.")
         model.random_weights, model.weights_source = True, "random weights (not meaningful)"
     else:
