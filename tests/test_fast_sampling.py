@@ -1,0 +1,218 @@
+"""Fast sampling: DPM-Solver++(2M) against exact answers, and each speed switch against float32.
+
+The solver is checked on Gaussian data, where the ideal denoiser and the exact probability-flow ODE
+solution are analytic (``helpers_sampling``), and against the update of Lu et al. (2022), Algorithm 2.
+The speed switches are checked on the tiny networks of ``tests/configs/tiny_inference.json``, built
+through ``configs/inference.json`` so that the config keys users set are what is tested.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import make_tiny_text_encoder, tiny_parser
+from helpers_sampling import (
+    NOISE_SCHEDULE,
+    GaussianDenoiser,
+    dpm_solver_pp_2m_reference,
+    exact_ode_solution,
+    fill_zero_initialised,
+    mean_context,
+)
+from scripts.dpm_solver import DPMSolverPlusPlusScheduler
+from scripts.schedulers import build_scheduler
+
+STD = torch.tensor([0.3, 0.7, 1.2])  # per-channel data std, around the 0.3-scaled latents' ~0.37
+
+
+@pytest.fixture(scope="module")
+def gaussian_problem():
+    """Means (4, 3), start noise (4, 3, 8, 8) and the ideal denoiser for data N(mu, STD^2)."""
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 3, generator=generator)
+    x_start = torch.randn(4, 3, 8, 8, generator=generator)
+    model = GaussianDenoiser(build_scheduler("ddim", **NOISE_SCHEDULE).alphas_cumprod, STD)
+    return mu, x_start, model
+
+
+def _solve(scheduler, model, x_start, mu, steps):
+    scheduler.set_timesteps(steps)
+    context, x = mean_context(mu), x_start.clone()
+    for t in scheduler.timesteps:
+        x, _ = scheduler.step(model(x, t.repeat(x.shape[0]), context), t, x)
+    return x.double()
+
+
+def _exact_denoised_at_last_timestep(scheduler, model, x_start, mu):
+    """Exact ODE state at the last timestep, then the ideal denoiser: what an exact integrator returns.
+
+    Both DDIM and DPM-Solver++ end with x = x0-prediction at their last timestep, so this isolates the
+    integration error of the steps before it.
+    """
+    t_first, t_last = int(scheduler.timesteps[0]), int(scheduler.timesteps[-1])
+    x0 = exact_ode_solution(x_start, t_first, scheduler.alphas_cumprod, mu, STD)
+    a_bar = scheduler.alphas_cumprod.double()[t_last]
+    mean, std = mu.double().view(*mu.shape, 1, 1), STD.double().view(1, -1, 1, 1)
+    x_last = a_bar.sqrt() * mean + (a_bar * std**2 + 1 - a_bar).sqrt() * (x0 - mean) / std
+    return model.posterior_mean(x_last, torch.full((mu.shape[0],), t_last), mu)
+
+
+def _rms(a, b):
+    return ((a - b) ** 2).mean().sqrt().item()
+
+
+def test_dpmpp_2m_is_registered_on_the_model_noise_schedule():
+    parser = tiny_parser(scheduler_name="dpmpp_2m")
+    scheduler = parser.get_parsed_content("scheduler")
+    assert isinstance(scheduler, DPMSolverPlusPlusScheduler)
+    ddim = build_scheduler("ddim", **parser.get_parsed_content("noise_schedule"))
+    torch.testing.assert_close(scheduler.solver.alphas_cumprod, ddim.alphas_cumprod, rtol=0, atol=0)
+
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps
+    assert timesteps.dtype == torch.long and timesteps.shape == (10,)
+    assert int(timesteps[0]) == 999 and 0 <= int(timesteps[-1]) and bool((timesteps[1:] < timesteps[:-1]).all())
+
+    # v-prediction: the returned x0 is sqrt(a) x - sqrt(1 - a) v.
+    sample, v = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = timesteps[0]
+    _, x0 = scheduler.step(v, t, sample)
+    a_bar = scheduler.alphas_cumprod[t]
+    torch.testing.assert_close(x0, a_bar.sqrt() * sample - (1 - a_bar).sqrt() * v, rtol=1e-5, atol=1e-5)
+
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            scheduler.set_timesteps(bad)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+@pytest.mark.parametrize("steps", [6, 12])
+def test_dpmpp_2m_follows_published_algorithm(spacing, steps, gaussian_problem):
+    mu, x_start, model = gaussian_problem
+    scheduler = DPMSolverPlusPlusScheduler(**NOISE_SCHEDULE, timestep_spacing=spacing)
+    ours = _solve(scheduler, model, x_start, mu, steps)
+    reference = dpm_solver_pp_2m_reference(
+        lambda x, t: model.posterior_mean(x, torch.full((x.shape[0],), t), mu),
+        x_start,
+        [int(t) for t in scheduler.timesteps],
+        scheduler.alphas_cumprod,
+    )
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4)
+
+
+def test_dpmpp_2m_converges_to_exact_gaussian_solution_in_few_steps(gaussian_problem):
+    mu, x_start, model = gaussian_problem
+    dpm = DPMSolverPlusPlusScheduler(**NOISE_SCHEDULE)
+    errors = {}
+    for steps in (5, 10, 20):
+        x = _solve(dpm, model, x_start, mu, steps)
+        errors[steps] = _rms(x, _exact_denoised_at_last_timestep(dpm, model, x_start, mu))
+    ddim = build_scheduler("ddim", **NOISE_SCHEDULE)
+    x = _solve(ddim, model, x_start, mu, 50)
+    ddim_50_error = _rms(x, _exact_denoised_at_last_timestep(ddim, model, x_start, mu))
+
+    assert errors[10] < 1e-2, errors
+    assert errors[5] > 4 * errors[10], f"not converging at second order: {errors}"
+    assert errors[20] < errors[10], errors
+    assert errors[10] < ddim_50_error / 4, (errors, ddim_50_error)
+
+    # Ending at the smallest noise level (Karras spacing) also reaches the exact ODE solution at noise 0.
+    karras = DPMSolverPlusPlusScheduler(**NOISE_SCHEDULE, use_karras_sigmas=True)
+    x = _solve(karras, model, x_start, mu, 50)
+    assert _rms(x, exact_ode_solution(x_start, 999, karras.alphas_cumprod, mu, STD)) < 5e-3
+
+
+@pytest.mark.parametrize("batched_guidance", [True, False])
+def test_guided_sampler_with_dpmpp_2m_reaches_exact_guided_solution(batched_guidance, gaussian_problem):
+    """The bundle's sampler loop, guidance 7: for Gaussian branches the guided ODE has an exact answer too."""
+    from scripts.sampler import GuidedLatentSampler
+
+    mu_cond, x_start, model = gaussian_problem
+    mu_uncond = torch.zeros_like(mu_cond)
+    guidance = 7.0
+    scheduler = build_scheduler("dpmpp_2m", **NOISE_SCHEDULE)
+    sampler = GuidedLatentSampler(
+        autoencoder=torch.nn.Identity(), text_encoder=torch.nn.Identity(), tokenizer=None, scheduler=scheduler,
+        num_inference_steps=10, guidance_scale=guidance, latent_shape=(3, 8, 8), batched_guidance=batched_guidance,
+        progress=False,
+    )  # fmt: skip
+    with torch.inference_mode():
+        latents = sampler.denoise(model, x_start.clone(), mean_context(mu_cond), mean_context(mu_uncond))
+    # The ideal v is affine in mu with mu-independent slopes, so guiding = sampling data with mean mu_guided.
+    mu_guided = mu_uncond + guidance * (mu_cond - mu_uncond)
+    expected = _exact_denoised_at_last_timestep(scheduler, model, x_start, mu_guided)
+    assert _rms(latents.double(), expected) < 5e-2 * mu_guided.abs().mean().item()
+
+
+# -- speed switches ---------------------------------------------------------------------------------
+
+#: Tolerances each speed switch is held to against float32 (tiny random networks, guidance 7, 8 DPM-Solver++
+#: steps, docs/performance.md): overrides, then mean |diff| of the clean latents relative to their mean |value|,
+#: and on the images in [0, 1]: mean |diff|, 99th percentile of |diff|, max |diff| (None: not bounded).
+#: Measured here: exact-math switches ~3e-6 relative / 2.5e-5 max; float16 3.9e-3 / 1.3e-3 / 0.010 / 0.021;
+#: bfloat16 0.034 / 0.011 / 0.098 / 0.22 (8 mantissa bits; guidance 7 amplifies the branch difference).
+SWITCH_TOLERANCES = {
+    "batched_guidance": ({"batched_guidance": True}, 1e-4, 1e-5, 1e-4, 1e-4),
+    "channels_last": ({"channels_last": True}, 1e-4, 1e-5, 1e-4, 1e-4),
+    "sdpa_attention": ({"use_flash_attention": True}, 1e-4, 1e-5, 1e-4, 1e-4),
+    "autocast_float16": ({"autocast_dtype": "float16"}, 1e-2, 5e-3, 0.03, 0.1),
+    "autocast_bfloat16": ({"autocast_dtype": "bfloat16"}, 0.08, 0.03, 0.2, None),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_switch_models(tmp_path_factory):
+    """Tiny weights whose UNet output is not identically zero (see ``fill_zero_initialised``)."""
+    model_dir = tmp_path_factory.mktemp("tiny_switch_models")
+    parser = tiny_parser()
+    torch.manual_seed(1)
+    torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), model_dir / "autoencoder.pt")
+    torch.save(fill_zero_initialised(parser.get_parsed_content("network_def"), seed=1).state_dict(), model_dir / "model.pt")
+    make_tiny_text_encoder(seed=1).save_pretrained(model_dir / "text_encoder")
+    return model_dir
+
+
+def _sample(model_dir, **overrides):
+    """Clean latents and images from the config's sampler, 2 prompts, 8 DPM-Solver++ steps."""
+    from scripts.sampler import initial_latents
+
+    settings = {"scheduler_name": "dpmpp_2m", "num_inference_steps": 8, "batched_guidance": False, **overrides}
+    parser = tiny_parser(model_dir=str(model_dir), text_encoder_source=str(model_dir / "text_encoder"), load_old=False, **settings)
+    sampler, unet = parser.get_parsed_content("inferer"), parser.get_parsed_content("network").eval()
+    seeds = [1, 2]
+    with torch.inference_mode():
+        context = sampler.encode_prompts(["big right pleural effusion", "no acute findings"])
+        uncond = sampler.encode_prompts(["", ""])
+        latents = sampler.denoise(unet, initial_latents(seeds, sampler.latent_shape), context, uncond, seeds=seeds)
+        return latents.float(), sampler.decode(latents)
+
+
+@pytest.fixture(scope="module")
+def float32_reference(tiny_switch_models):
+    return _sample(tiny_switch_models)
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCH_TOLERANCES))
+def test_speed_switch_stays_within_tolerance_of_float32(switch, tiny_switch_models, float32_reference):
+    overrides, latent_relative, image_mean, image_q99, image_max = SWITCH_TOLERANCES[switch]
+    ref_latents, ref_images = float32_reference
+    assert ref_latents.std() > 0.1 and 0.05 < ref_images.std(), "reference sample is degenerate"
+    latents, images = _sample(tiny_switch_models, **overrides)
+    assert images.shape == ref_images.shape and images.dtype == torch.float32
+    assert (latents - ref_latents).abs().mean() <= latent_relative * ref_latents.abs().mean()
+    image_error = (images - ref_images).abs().flatten()
+    assert image_error.mean() <= image_mean
+    assert torch.quantile(image_error, 0.99) <= image_q99
+    if image_max is not None:
+        assert image_error.max() <= image_max
+
+
+@pytest.mark.skipif(not os.environ.get("CXR_LDM_SLOW_TESTS"), reason="torch.compile takes minutes on a CPU; set CXR_LDM_SLOW_TESTS=1")
+def test_compile_stays_within_tolerance_of_float32(tiny_switch_models, float32_reference):
+    ref_latents, ref_images = float32_reference
+    latents, images = _sample(tiny_switch_models, compile=True)
+    assert (latents - ref_latents).abs().max() <= 1e-4
+    assert (images - ref_images).abs().max() <= 1e-4
