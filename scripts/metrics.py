@@ -164,3 +164,29 @@ def write_csv(rows: Sequence[dict], path: str) -> str:
         writer.writerows(rows)
     os.replace(tmp, path)
     return path
+
+
+def diversity_cli(
+    folder: str,
+    max_pairs: int | None = 10_000,
+    seed: int = 0,
+    limit: int | None = None,
+    kernel_size: int = MS_SSIM_KERNEL_SIZE,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> None:
+    """Print the pairwise MS-SSIM diversity (JSON) of the first ``limit`` images of a folder (all pairs if ``max_pairs`` is None)."""
+    import json
+
+    from scripts.image_sets import folder_items, iterate_images
+
+    images = torch.cat([batch for _, batch in iterate_images(folder_items(folder, limit), batch_size=batch_size)])
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = pairwise_diversity(images, max_pairs, seed, batch_size, kernel_size, device=device, progress=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"diversity": diversity_cli})
