@@ -1,0 +1,348 @@
+"""Side-by-side sampling benchmark: the reference recipe against this bundle's default, same weights and seeds.
+
+Reference recipe (DESIGN.md §1): DDIM 50 steps, float32, the conditional and unconditional UNet passes
+run separately at batch 1, both prompts text-encoded for every image, one image at a time.
+Ours: the sampler of ``configs/inference.json`` with its scheduler, step count and speed switches
+(``batched_guidance``, ``autocast_dtype``, ``channels_last``, ``use_flash_attention``, ``compile``; any
+config key can be overridden on the command line), the null-prompt embedding cached, ``batch_sizes``
+images per call.
+
+Per image = text encoding + steps × (one denoising step) + decoding, each the median of ``repeats`` timed
+runs after one warm-up run. By default a step is timed over ``timed_steps`` steps and multiplied by the
+step count, so the full-size model finishes on a CPU in minutes; ``--full_steps True`` times complete
+runs instead. Peak memory is the CUDA allocator's peak on a GPU and the peak resident set size (sampled
+every 5 ms) on a CPU.
+
+With ``--parity_model_dir`` (a small trained model, ``python -m benchmarks.parity_model``) it also
+reports how close each sampler gets to DDIM-200 from the same noise and text: latent RMSE, pixel RMSE
+and a DenseNet-121 feature distance (torchxrayvision; random weights unless ``--xrv_weights``).
+
+    python -m benchmarks.sampling_benchmark --timed_steps 2 --repeats 3 --output_json benchmark.json
+    python -m benchmarks.sampling_benchmark --parity_model_dir models/parity --timing False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Big right-sided pleural effusion"
+REFERENCE = {"scheduler_name": "ddim", "num_inference_steps": 50, "batched_guidance": False, "autocast_dtype": None,
+             "channels_last": False, "use_flash_attention": False, "compile": False}  # fmt: skip
+SWITCHES = ("scheduler_name", "num_inference_steps", "batched_guidance", "autocast_dtype", "channels_last",
+            "use_flash_attention", "compile")  # fmt: skip
+
+
+class PeakMemory:
+    """Peak memory (bytes) while the context is open: CUDA allocator peak, or sampled resident set size."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device, self.interval_s, self.peak = device, interval_s, 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval_s)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _timed(function, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls of ``function`` after one warm-up call, and its last result."""
+    result = function()
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        result = function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def load_parser(config_file, overrides: dict):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file])
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def build_networks(parser, device: torch.device, seed: int = 0):
+    """Autoencoder, UNet and text encoder: the config's weights when present, else random weights.
+
+    Timing does not depend on the weights, so a machine without the released files can still run it.
+    """
+    from scripts.checkpoints import load_weights
+    from scripts.text import load_text_encoder
+
+    torch.manual_seed(seed)
+    networks, sources = {}, {}
+    for name, definition, path in (("autoencoder", "autoencoder_def", "autoencoder_path"), ("network", "network_def", "diffusion_path")):
+        if os.path.isfile(parser.get_parsed_content(path)):
+            networks[name] = load_weights(parser.get_parsed_content(definition), parser.get_parsed_content(path),
+                                          load_old=parser.get_parsed_content("load_old"), device=device)  # fmt: skip
+            sources[name] = parser.get_parsed_content(path)
+        else:
+            networks[name] = parser.get_parsed_content(definition).to(device)
+            sources[name] = "random weights"
+    try:
+        networks["text_encoder"] = load_text_encoder(parser.get_parsed_content("text_encoder_source"),
+                                                     subfolder=parser.get_parsed_content("text_encoder_subfolder"), device=device)  # fmt: skip
+        sources["text_encoder"] = parser.get_parsed_content("text_encoder_source")
+    except Exception:  # no local text encoder: an SD-2.1-shaped one with random weights times the same
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        width = int(parser["network_def"]["cross_attention_dim"])
+        config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
+                                num_hidden_layers=23 if width == 1024 else 2, num_attention_heads=16 if width == 1024 else 2,
+                                max_position_embeddings=77, hidden_act="gelu", projection_dim=512)  # fmt: skip
+        networks["text_encoder"] = CLIPTextModel(config).to(device)
+        sources["text_encoder"] = "random weights"
+    for module in networks.values():
+        module.eval().requires_grad_(False)
+    return networks, sources
+
+
+def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
+    from scripts.sampler import GuidedLatentSampler
+    from scripts.schedulers import build_scheduler
+
+    return GuidedLatentSampler(
+        autoencoder=networks["autoencoder"], text_encoder=networks["text_encoder"],
+        tokenizer=parser.get_parsed_content("tokenizer"),
+        scheduler=build_scheduler(settings["scheduler_name"], **parser.get_parsed_content("noise_schedule")),
+        num_inference_steps=num_inference_steps, guidance_scale=float(parser["guidance_scale"]),
+        scale_factor=float(parser["scale_factor"]), latent_shape=parser["latent_shape"],
+        null_prompt=parser["null_prompt"], batched_guidance=settings["batched_guidance"],
+        autocast_dtype=settings["autocast_dtype"], channels_last=settings["channels_last"],
+        compile=settings["compile"], progress=False,
+    )  # fmt: skip
+
+
+def time_recipe(parser, networks, unet, settings: dict, batch_size: int, timed_steps: int | None,
+                repeats: int, device: torch.device, cache_null: bool) -> dict:  # fmt: skip
+    """Seconds per image of one recipe and its parts (medians), with the peak memory of its timed runs."""
+    from scripts.sampler import initial_latents
+    from scripts.text import encode_ids, prompt_ids
+
+    steps = int(settings["num_inference_steps"])
+    run_steps = steps if timed_steps is None else min(int(timed_steps), steps)
+    sampler = make_sampler(parser, networks, settings, run_steps)
+    tokenizer, null_prompt = sampler.tokenizer, sampler.null_prompt
+    prompts, seeds = [PROMPT] * batch_size, list(range(batch_size))
+
+    def encode(texts):
+        return encode_ids(networks["text_encoder"], prompt_ids(tokenizer, texts, null_prompt=null_prompt).to(device)).to(device)
+
+    with torch.inference_mode(), PeakMemory(device) as memory:
+        uncond_cached = encode([""] * batch_size)
+        # The reference encodes the prompt and the null prompt for every image; ours caches the null one.
+        text_s, context = _timed(lambda: encode(prompts) if cache_null else (encode(prompts), encode([""] * batch_size))[0],
+                                 device, repeats)  # fmt: skip
+        start = initial_latents(seeds, sampler.latent_shape).to(device)
+        loop_s, latents = _timed(lambda: sampler.denoise(unet, start, context, uncond_cached, seeds=seeds), device, repeats)
+        decode_s, _ = _timed(lambda: sampler.decode(latents), device, repeats)
+    step_s = loop_s / run_steps
+    total_s = text_s + steps * step_s + decode_s
+    return {
+        "settings": dict(settings), "batch_size": batch_size, "steps": steps, "timed_steps": run_steps,
+        "text_s": text_s, "step_s": step_s, "decode_s": decode_s, "per_batch_s": total_s,
+        "per_image_s": total_s / batch_size, "images_per_s": batch_size / total_s, "peak_memory_gib": memory.peak / 2**30,
+    }  # fmt: skip
+
+
+def unet_flops(unet, parser, device: torch.device, batch_size: int = 1) -> float:
+    """FLOPs of one UNet forward at ``batch_size`` (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = (batch_size, *parser["latent_shape"])
+    context = torch.zeros(batch_size, 77, int(parser["network_def"]["cross_attention_dim"]), device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(torch.zeros(shape, device=device), timesteps=torch.zeros(batch_size, dtype=torch.long, device=device), context=context)
+    return float(counter.get_total_flops())
+
+
+def parity(model_dir: str, config_file, overrides: dict, dpm_steps, num_images: int, seed: int, xrv_weights: str | None,
+           device: torch.device) -> dict:  # fmt: skip
+    """Distances to DDIM-200 (same noise, same text) of DDIM-50 and DPM-Solver++(2M) at ``dpm_steps`` steps."""
+    from benchmarks.parity_model import TINY_OVERLAY, synthetic_set
+    from scripts import xrv
+    from scripts.sampler import initial_latents
+
+    info = json.loads((Path(model_dir) / "parity_model.json").read_text())
+    files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), str(TINY_OVERLAY)]
+    parser = load_parser(files, {**overrides, "model_dir": str(model_dir), "load_old": False,
+                                 "text_encoder_source": str(Path(model_dir) / "text_encoder"), "scale_factor": info["scale_factor"]})  # fmt: skip
+    networks, _ = build_networks(parser, device)
+    _, prompts = synthetic_set(num_images, int(parser["image_size"]), seed=seed + 1000)  # prompts not used in training
+    seeds = [seed + i for i in range(num_images)]
+    densenet = xrv.load_densenet(xrv_weights, device=device)
+    runs = {"ddim-200": ("ddim", 200), "ddim-50": ("ddim", 50), **{f"dpmpp_2m-{n}": ("dpmpp_2m", int(n)) for n in dpm_steps}}
+    results = {}
+    with torch.inference_mode():
+        for name, (scheduler_name, steps) in runs.items():
+            sampler = make_sampler(parser, networks, {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True}, steps)
+            context, uncond = sampler.encode_prompts(prompts).to(device), sampler.encode_prompts([""] * num_images).to(device)
+            latents = sampler.denoise(networks["network"], initial_latents(seeds, sampler.latent_shape).to(device), context, uncond, seeds=seeds)
+            images = sampler.decode(latents)
+            results[name] = (latents.float(), images, xrv.image_features(densenet, images))
+    ref_latents, ref_images, ref_features = results["ddim-200"]
+    table = {}
+    for name, (latents, images, features) in results.items():
+        if name == "ddim-200":
+            continue
+        table[name] = {
+            "latent_rmse": float(((latents - ref_latents) ** 2).mean().sqrt()),
+            "pixel_rmse": float(((images - ref_images) ** 2).mean().sqrt()),
+            "feature_distance": float((features - ref_features).norm(dim=1).mean() / ref_features.norm(dim=1).mean()),
+        }
+    baseline = table["ddim-50"]
+    equal = [n for n in dpm_steps if all(table[f"dpmpp_2m-{n}"][k] <= baseline[k] for k in baseline)]
+    return {
+        "model": str(model_dir), "model_info": {k: v for k, v in info.items() if k != "prompts"}, "num_images": num_images,
+        "feature_network": densenet.weights_source, "distances_to_ddim_200": table,
+        "fewest_dpm_steps_as_close_as_ddim_50": min(equal) if equal else None,
+    }  # fmt: skip
+
+
+def print_tables(report: dict) -> None:
+    print(f"device: {report['device']}")
+    if "timing" in report:
+        t = report["timing"]
+        print(f"weights: {t['weights']}; per image = text + steps x step + decode (median of {t['repeats']}, "
+              f"step timed over {t['timed_steps'] or 'all'} steps)")  # fmt: skip
+        header = f"{'recipe':<44}{'batch':>6}{'steps':>6}{'text s':>9}{'step s':>9}{'decode s':>10}{'s/image':>10}{'img/s':>9}{'peak GiB':>10}{'speed-up':>10}"
+        print(header)
+        for row in t["rows"]:
+            s = row["settings"]
+            label = (f"{s['scheduler_name']} {'batched' if s['batched_guidance'] else 'separate'} {s['autocast_dtype'] or 'fp32'}"
+                     f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}{' compile' if s['compile'] else ''}")  # fmt: skip
+            label = ("reference: " if row["recipe"] == "reference" else "ours: ") + label
+            print(f"{label:<44}{row['batch_size']:>6}{row['steps']:>6}{row['text_s']:>9.2f}{row['step_s']:>9.2f}{row['decode_s']:>10.2f}"
+                  f"{row['per_image_s']:>10.1f}{row['images_per_s']:>9.3f}{row['peak_memory_gib']:>10.2f}{row['speed_up']:>9.1f}x")  # fmt: skip
+        if t.get("bound_images_per_s"):
+            print(f"compute bound at {t['peak_tflops']} TFLOP/s: {t['bound_images_per_s']:.2f} images/s ({t['flops_per_image'] / 1e12:.2f} TFLOP/image)")
+    if "parity" in report:
+        p = report["parity"]
+        print(f"parity vs DDIM-200 from the same noise ({p['num_images']} images, {p['model']}; features: {p['feature_network']})")
+        print(f"{'sampler':<16}{'latent RMSE':>13}{'pixel RMSE':>12}{'feature dist':>14}")
+        for name, row in p["distances_to_ddim_200"].items():
+            print(f"{name:<16}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}")
+        print(f"fewest DPM-Solver++ steps as close to DDIM-200 as DDIM-50 on all three: {p['fewest_dpm_steps_as_close_as_ddim_50']}")
+
+
+def main(
+    config_file=str(BUNDLE_ROOT / "configs" / "inference.json"),
+    device: str | None = None,
+    batch_sizes=(1,),
+    timed_steps: int | None = 2,
+    full_steps: bool = False,
+    repeats: int = 3,
+    timing: bool = True,
+    peak_tflops: float | None = None,
+    parity_model_dir: str | None = None,
+    parity_steps=(5, 8, 10, 12, 15, 20, 25),
+    parity_images: int = 16,
+    xrv_weights: str | None = None,
+    seed: int = 0,
+    output_json: str = "sampling_benchmark.json",
+    **overrides,
+) -> dict:
+    """Time the reference recipe and ours on the same weights and seeds; optionally measure parity.
+
+    Args:
+        config_file: inference config (or list of configs merged left to right); ``**overrides`` set its keys,
+            e.g. ``--num_inference_steps 10 --channels_last True`` for "ours".
+        device: "cpu", "cuda", "cuda:1"; default: the config's device.
+        batch_sizes: images per sampler call for ours (the reference is always one image at a time).
+        timed_steps: denoising steps actually timed per run (per-step time × steps); ignored with ``full_steps``.
+        repeats: timed runs per part (median reported), after one warm-up run.
+        timing: run the timing part.
+        peak_tflops: the device's peak dense TFLOP/s in the dtype used, to print the compute bound in images/s.
+        parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part.
+        parity_steps: DPM-Solver++ step counts compared with DDIM-50 against DDIM-200.
+        parity_images: images (prompts × seeds) in the parity comparison.
+        xrv_weights: torchxrayvision DenseNet weights file for the feature distance (random weights without).
+        output_json: where the report goes.
+    """
+    parser = load_parser(config_file, overrides)
+    device = torch.device(device) if device else parser.get_parsed_content("device")
+    report = {"device": device_name(device), "torch": torch.__version__, "command_overrides": overrides}
+    if timing:
+        networks, sources = build_networks(parser, device, seed)
+        ours = {key: parser[key] for key in SWITCHES}
+        if ours["use_flash_attention"] != REFERENCE["use_flash_attention"]:
+            reference_parser = load_parser(config_file, {**overrides, "use_flash_attention": False})
+            reference_unet = reference_parser.get_parsed_content("network_def").to(device).eval()
+            reference_unet.load_state_dict(networks["network"].state_dict())
+        else:
+            reference_unet = networks["network"]
+        steps = None if full_steps else timed_steps
+        rows = [{"recipe": "reference", **time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False)}]
+        for batch_size in (batch_sizes if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]):
+            rows.append({"recipe": "ours", **time_recipe(parser, networks, networks["network"], ours, int(batch_size), steps, repeats, device, cache_null=True)})
+        for row in rows:
+            row["speed_up"] = rows[0]["per_image_s"] / row["per_image_s"]
+        report["timing"] = {"weights": sources, "repeats": repeats, "timed_steps": steps, "rows": rows}
+        if peak_tflops:
+            per_image = int(ours["num_inference_steps"]) * unet_flops(networks["network"], parser, device, batch_size=2)
+            report["timing"].update({"peak_tflops": peak_tflops, "flops_per_image": per_image,
+                                     "bound_images_per_s": peak_tflops * 1e12 / per_image})  # fmt: skip
+    if parity_model_dir:
+        report["parity"] = parity(parity_model_dir, config_file, overrides, list(parity_steps), parity_images, seed, xrv_weights, device)
+    Path(output_json).write_text(json.dumps(report, indent=2))
+    print_tables(report)
+    print(f"report written to {output_json}")
+    return report
+
+
+if __name__ == "__main__":
+    import fire
+
+    def cli(**kwargs) -> None:
+        main(**kwargs)
+
+    cli.__doc__ = main.__doc__
+    fire.Fire(cli)
