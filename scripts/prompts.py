@@ -207,8 +207,14 @@ def prepare_job_batch(batchdata: dict, device=None, non_blocking: bool = False, 
     return batchdata, None
 
 
-def check_settings(output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples) -> None:
+def check_settings(output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None) -> None:
     """Fail early, before any model is loaded or file written, on settings that cannot work."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PromptsError(f"--device {device} was asked for but CUDA is not available here: use --device cpu.")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise PromptsError(f"--device {device} does not exist: {torch.cuda.device_count()} GPU(s) are visible.")
     if str(output_format).lower() not in OUTPUT_FORMATS:
         raise PromptsError(f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}.")
     _as_int(num_inference_steps, "--num_inference_steps", 1)

@@ -60,6 +60,18 @@ def tiny_parser(*extra_files: str, **overrides):
     return parser
 
 
+def randomize_zero_layers(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """Give zero-initialised layers (MONAI's UNet output and attention projections) random weights.
+
+    A freshly built DiffusionModelUNet outputs exactly 0, so prompts and guidance would have no effect.
+    """
+    with torch.no_grad():
+        for parameter in network.parameters():
+            if parameter.abs().max() == 0:
+                parameter.normal_(0.0, std)
+    return network
+
+
 def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
     """Random tiny autoencoder / UNet weights (new MONAI layout) and a tiny text encoder in ``model_dir``."""
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +79,7 @@ def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     autoencoder = parser.get_parsed_content("autoencoder_def")
     unet = parser.get_parsed_content("network_def")
+    randomize_zero_layers(unet)
     torch.save(autoencoder.state_dict(), model_dir / "autoencoder.pt")
     torch.save(unet.state_dict(), model_dir / "model.pt")
     make_tiny_text_encoder(seed=seed).save_pretrained(model_dir / "text_encoder")
@@ -84,3 +97,35 @@ def tokenizer():
     from scripts.text import load_tokenizer
 
     return load_tokenizer(TOKENIZER_DIR)
+
+
+def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overrides):
+    """Run the inference workflow in-process exactly as ``python -m monai.bundle run`` does.
+
+    Uses inference.json + the tiny overlay (+ ``extra_files``) with the tiny weights of ``model_dir``;
+    ``overrides`` are the command-line overrides. Returns the sorted image paths in ``output_dir``.
+    """
+    from monai.bundle.scripts import run
+
+    settings = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "model_dir": str(model_dir),
+        "output_dir": str(output_dir),
+        "load_old": False,
+        "text_encoder_source": str(Path(model_dir) / "text_encoder"),
+    }
+    settings.update(overrides)
+    run(
+        config_file=[INFERENCE_CONFIG, TINY_OVERLAY, *extra_files],
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
+        **settings,
+    )
+    return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt"))
+
+
+def read_png(path) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path))

@@ -1,0 +1,265 @@
+"""configs/inference.json end to end with tiny networks: every top-level knob, prompts files, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fire
+import numpy as np
+import pytest
+import torch
+from monai.bundle.scripts import run as bundle_run
+
+from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, make_tiny_text_encoder, read_png, run_inference
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The exception our code raised (MONAI wraps errors of config expressions in RuntimeErrors)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _pt_images(paths):
+    return [torch.load(p, weights_only=True) for p in paths]
+
+
+def _manifest(output_dir: Path) -> list[dict]:
+    with open(output_dir / "manifest.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
+    """`python -m monai.bundle run` with the tiny overlay, a CLI prompt that fire would turn into an int."""
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
+        "--bundle_root", str(BUNDLE_ROOT),
+        "--model_dir", str(tiny_model_dir),
+        "--text_encoder_source", str(tiny_model_dir / "text_encoder"),
+        "--load_old", "False",
+        "--output_dir", str(out),
+        "--prompt", "123",
+        "--num_samples", "2",
+        "--batch_size", "2",
+        "--seed", "7",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BUNDLE_ROOT)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted(out.glob("*.png"))
+    assert len(images) == 2
+    for path in images:
+        pixels = read_png(path)
+        assert pixels.shape == (64, 64) and pixels.dtype == np.uint8
+        assert pixels.std() > 1.0, "image is constant"
+    rows = _manifest(out)
+    assert [row["prompt"] for row in rows] == ["123", "123"]
+    assert sorted(int(row["seed"]) for row in rows) == [7, 8]
+
+    # The same text read from a prompts file gives the same pixels (fire turned 123 into an int).
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("123\n")
+    from_file = run_inference(tiny_model_dir, tmp_path / "from_file", prompts_file=str(prompts_file), seed=7, num_samples=2)
+    assert [p.name for p in from_file] == [p.name for p in images]
+    for a, b in zip(images, from_file):
+        np.testing.assert_array_equal(read_png(a), read_png(b))
+
+
+@pytest.mark.parametrize("raw", ["123", "True", "effusion, cardiomegaly", "1e3"])
+def test_cli_typed_prompts_match_prompts_file(raw, tiny_model_dir, tmp_path, monkeypatch):
+    """What fire makes of a prompt (int, bool, tuple, float) still generates the literal text."""
+    monkeypatch.setattr(sys, "argv", [str(Path(bundle_run.__code__.co_filename).parent / "__main__.py"), "run", "--prompt", raw])
+    out = tmp_path / "cli"
+    fire.Fire(
+        {"run": bundle_run},
+        command=[
+            "run", "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']", "--bundle_root", str(BUNDLE_ROOT),
+            "--model_dir", str(tiny_model_dir), "--text_encoder_source", str(tiny_model_dir / "text_encoder"),
+            "--load_old", "False", "--output_dir", str(out), "--output_format", "pt", "--prompt", raw,
+        ],
+    )  # fmt: skip
+    cli_images = sorted(out.glob("*.pt"))
+    assert _manifest(out)[0]["prompt"] == raw
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    prompts_file = tmp_path / "prompts.csv"
+    with open(prompts_file, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "seed"], [raw, 42]])
+    file_images = run_inference(tiny_model_dir, tmp_path / "file", prompts_file=str(prompts_file), output_format="pt")
+    assert [p.name for p in cli_images] == [p.name for p in file_images]
+    torch.testing.assert_close(_pt_images(cli_images)[0], _pt_images(file_images)[0], rtol=0, atol=0)
+
+
+def test_prompts_file_text_is_never_evaluated(tiny_model_dir, tmp_path):
+    prompts_file = tmp_path / "prompts.txt"
+    text = "$__import__('os').getcwd()"
+    prompts_file.write_text(f"# a comment line\n{text}\n\nNormal chest radiograph\n")
+    images = run_inference(tiny_model_dir, tmp_path / "out", prompts_file=str(prompts_file))
+    assert len(images) == 2
+    assert [row["prompt"] for row in _manifest(tmp_path / "out")] == [text, "Normal chest radiograph"]
+
+
+def _generate(tiny_model_dir, out, **overrides) -> torch.Tensor:
+    paths = run_inference(tiny_model_dir, out, output_format="pt", **overrides)
+    assert len(paths) == 1, paths
+    return _pt_images(paths)[0]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"guidance_scale": 2.0},
+        {"seed": 43},
+        {"prompt": "Small left-sided pneumothorax"},
+        {"negative_prompt": "cardiomegaly"},
+        {"num_inference_steps": 2},
+        {"scheduler_name": "ddpm"},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_each_sampling_knob_changes_the_image(override, tiny_model_dir, tmp_path):
+    baseline = _generate(tiny_model_dir, tmp_path / "base")
+    again = _generate(tiny_model_dir, tmp_path / "again")
+    changed = _generate(tiny_model_dir, tmp_path / "changed", **override)
+    assert baseline.shape == (1, 64, 64) and 0.0 <= baseline.min() and baseline.max() <= 1.0
+    torch.testing.assert_close(baseline, again, rtol=0, atol=0)
+    assert (baseline - changed).abs().max() > 1e-3, f"{override} had no effect"
+
+
+def test_seed_gives_same_image_across_batch_sizes(tiny_model_dir, tmp_path):
+    one_by_one = run_inference(tiny_model_dir, tmp_path / "bs1", output_format="pt", num_samples=3, batch_size=1)
+    batched = run_inference(tiny_model_dir, tmp_path / "bs3", output_format="pt", num_samples=3, batch_size=3)
+    assert len(one_by_one) == 3 and [p.name for p in one_by_one] == [p.name for p in batched]
+    for a, b in zip(_pt_images(one_by_one), _pt_images(batched)):
+        # Float32 kernels may differ in the last bits between batch shapes: equal to ~1e-5.
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    images = _pt_images(batched)
+    assert (images[0] - images[1]).abs().max() > 1e-3, "different seeds gave the same image"
+    assert sorted(int(r["seed"]) for r in _manifest(tmp_path / "bs3")) == [42, 43, 44]
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpg", "pt"])
+def test_output_formats(output_format, tiny_model_dir, tmp_path):
+    out = tmp_path / "elsewhere" / "out"
+    paths = run_inference(tiny_model_dir, out, output_format=output_format, num_samples=2, batch_size=2)
+    assert len(paths) == 2 and all(p.suffix == f".{output_format}" and p.parent == out for p in paths)
+    if output_format == "pt":
+        image = torch.load(paths[0], weights_only=True)
+        assert image.dtype == torch.float32 and image.shape == (1, 64, 64)
+        assert 0.0 <= image.min() <= image.max() <= 1.0
+    else:
+        pixels = read_png(paths[0])
+        assert pixels.shape == (64, 64) and pixels.dtype == np.uint8
+    assert not list(out.glob("*.tmp"))
+
+
+def test_text_encoder_and_tokenizer_sources_are_used(tiny_model_dir, tmp_path):
+    baseline = _generate(tiny_model_dir, tmp_path / "base")
+    other_encoder = tmp_path / "other_text_encoder"
+    make_tiny_text_encoder(seed=1).save_pretrained(other_encoder)
+    changed = _generate(tiny_model_dir, tmp_path / "changed", text_encoder_source=str(other_encoder))
+    assert (baseline - changed).abs().max() > 1e-3
+    # A pipeline folder holding the encoder in text_encoder/ works too.
+    pipeline = tmp_path / "pipeline"
+    make_tiny_text_encoder(seed=1).save_pretrained(pipeline / "text_encoder")
+    torch.testing.assert_close(_generate(tiny_model_dir, tmp_path / "pipe", text_encoder_source=str(pipeline)), changed)
+    from scripts.text import TextEncoderNotFoundError
+
+    with pytest.raises(Exception) as info:
+        _generate(tiny_model_dir, tmp_path / "missing", text_encoder_source=str(tmp_path / "nowhere"))
+    assert isinstance(root_cause(info.value), TextEncoderNotFoundError)
+    assert "scripts.download text_encoder" in str(root_cause(info.value))
+    with pytest.raises(Exception) as info:
+        _generate(tiny_model_dir, tmp_path / "no_tokenizer", tokenizer_path=str(tmp_path / "nowhere"))
+    assert isinstance(root_cause(info.value), FileNotFoundError) and "tokenizer" in str(root_cause(info.value))
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "no_tokenizer").exists()
+
+
+def test_resume_skips_finished_images_and_names_never_collide(tiny_model_dir, tmp_path):
+    prompts_file = tmp_path / "prompts.csv"
+    with open(prompts_file, "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["prompt", "seed", "num_samples"], ["Cardiomegaly", 5, 2], ["Cardiomegaly", 5, 2], ["No finding", "", 1]]
+        )
+    out = tmp_path / "out"
+    first = run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=2)
+    assert len(first) == 5 and len({p.name for p in first}) == 5
+    stamps = {p.name: p.stat().st_mtime_ns for p in first}
+    removed = first[3]
+    removed.unlink()
+    (out / (first[0].name + ".tmp")).write_bytes(b"half-written")  # leftover of a killed run
+    second = run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=2)
+    assert [p.name for p in second] == [p.name for p in first]
+    for path in second:
+        if path.name != removed.name:
+            assert path.stat().st_mtime_ns == stamps[path.name], f"{path.name} was generated again"
+    rows = _manifest(out)
+    assert sorted(r["file"] for r in rows) == sorted(p.name for p in first)
+    assert {r["seed"] for r in rows} == {"5", "6", "2042"}
+    assert {r["scheduler"] for r in rows} == {"ddim"} and {r["num_inference_steps"] for r in rows} == {"3"}
+    # Everything done: a third run generates nothing and keeps the manifest whole.
+    run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=2)
+    assert len(_manifest(out)) == 5
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"output_format": "tiff"}, "output_format"),
+        ({"num_inference_steps": -1}, "num_inference_steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "cuda:0"}, "device"),
+        ({"prompts_file": "EMPTY"}, "holds no prompts"),
+        ({"diffusion_path": "MISSING"}, "model.pt' not found"),
+    ],
+    ids=["format", "steps", "batch", "device", "empty-prompts", "missing-weights"],
+)
+def test_bad_input_gives_clear_error_and_writes_nothing(overrides, error, tiny_model_dir, tmp_path):
+    if torch.cuda.is_available() and "device" in overrides:
+        pytest.skip("a GPU is present")
+    if overrides.get("prompts_file") == "EMPTY":
+        (tmp_path / "empty.txt").write_text("\n# only a comment\n")
+        overrides = {"prompts_file": str(tmp_path / "empty.txt")}
+    if overrides.get("diffusion_path") == "MISSING":
+        overrides = {"diffusion_path": str(tmp_path / "model.pt")}
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as info:
+        run_inference(tiny_model_dir, out, **overrides)
+    message = str(root_cause(info.value))
+    assert error in message and len(message.splitlines()) == 1, message
+    assert not out.exists()
+
+
+def test_long_prompt_warns_about_truncation(tiny_model_dir, tmp_path):
+    long_prompt = " ".join(["Moderate right pleural effusion with adjacent atelectasis."] * 12)
+    with pytest.warns(UserWarning, match="truncated to 77"):
+        images = run_inference(tiny_model_dir, tmp_path / "out", prompt=long_prompt)
+    assert len(images) == 1
+
+
+def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
+        workflow_type="inference",
+        bundle_root=str(BUNDLE_ROOT),
+        model_dir=str(tiny_model_dir),
+        output_dir=str(tmp_path / "out"),
+        load_old=False,
+        text_encoder_source=str(tiny_model_dir / "text_encoder"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    parser = workflow.parser
+    # The properties mean something: the prompt jobs are the dataset, the guided sampler the inferer.
+    assert parser["dataset"]["data"] == "@pending_jobs"
+    assert parser["inferer"]["_target_"].endswith("GuidedLatentSampler")
+    assert parser["evaluator"]["inferer"] == "@inferer"
