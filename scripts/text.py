@@ -250,6 +250,9 @@ def convert_openclip_text_tower(state_dict: dict[str, torch.Tensor], num_layers:
             new[dst + f"mlp.fc1.{part}"] = state_dict[old + f"mlp.c_fc.{part}"]
             new[dst + f"mlp.fc2.{part}"] = state_dict[old + f"mlp.c_proj.{part}"]
     model = CLIPTextModel(config)
+    # transformers 4 names the weights "text_model.*"; transformers 5 drops that prefix.
+    if not any(k.startswith("text_model.") for k in model.state_dict()):
+        new = {k[len("text_model.") :]: v for k, v in new.items()}
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in new.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
