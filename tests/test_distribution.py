@@ -1,0 +1,161 @@
+"""Large-file download (hash, resume, manual instructions) and the model-zoo release zip, over loopback HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BUNDLE_ROOT, TINY_OVERLAY, read_png
+from scripts import download, pack
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support; records the Range headers it saw."""
+
+    ranges: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        data = Path(path).read_bytes()
+        header = self.headers.get("Range")
+        type(self).ranges.append(header)
+        if header:
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            data = data[start:]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder served, base URL) of a loopback HTTP server."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (_RangeHandler,), {"ranges": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(root), **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def _entry(path, url, data: bytes) -> dict:
+    return {"path": path, "url": url, "hash_type": "md5", "hash_val": hashlib.md5(data).hexdigest()}
+
+
+def test_download_verifies_resumes_and_skips(http_root, tmp_path):
+    root, base, handler = http_root
+    data = os.urandom(3 * download.CHUNK + 123)
+    (root / "model.pt").write_bytes(data)
+    bundle = tmp_path / "bundle"
+    entry = _entry("models/model.pt", f"{base}/model.pt", data)
+    # An interrupted earlier download left the first part: it is continued, not restarted.
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "models" / "model.pt.part").write_bytes(data[:1000])
+    path = download.download_entry(entry, str(bundle), progress=False)
+    assert Path(path).read_bytes() == data and not Path(path + ".part").exists()
+    assert handler.ranges == ["bytes=1000-"]
+    # Present with the right hash: skipped without a request.
+    download.download_entry(entry, str(bundle), progress=False)
+    assert len(handler.ranges) == 1
+
+
+def test_download_rejects_bad_hash_and_explains_manual_placement(http_root, tmp_path, capsys):
+    root, base, _ = http_root
+    (root / "model.pt").write_bytes(b"corrupted download")
+    good = {"path": "models/model.pt", "url": f"{base}/model.pt", "hash_type": "md5", "hash_val": "0" * 32}
+    with pytest.raises(download.DownloadError, match="wrong md5 hash") as info:
+        download.download_entry(good, str(tmp_path), retries=1, progress=False)
+    assert "save it as" in str(info.value) and not (tmp_path / "models" / "model.pt").exists()
+    assert not (tmp_path / "models" / "model.pt.part").exists()
+    # Unreachable source (and mirror): non-zero exit with where to put the file by hand.
+    large_files = tmp_path / "large_files.yml"
+    unreachable = {**good, "url": "http://127.0.0.1:9/model.pt", "mirrors": [f"{base}/missing.pt"]}
+    large_files.write_text(yaml.safe_dump({"large_files": [unreachable]}))
+    with pytest.raises(SystemExit) as exit_info:
+        download.main("models/model.pt", bundle_dir=str(tmp_path), large_files=str(large_files), retries=1)
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err
+    assert "Download it by hand" in message and "127.0.0.1:9/model.pt" in message and "missing.pt" in message
+    assert str(tmp_path / "models" / "model.pt") in message
+
+
+def test_text_encoder_target_converts_openclip_checkpoint(http_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from test_text import _openclip_state_dict
+
+    root, base, _ = http_root
+    save_file(_openclip_state_dict(width=64, layers=2), str(root / "open_clip_model.safetensors"))
+    entry = {"path": "models/openclip.safetensors", "url": f"{base}/open_clip_model.safetensors", "converts_to": "models/text_encoder"}
+    large_files = tmp_path / "large_files.yml"
+    large_files.write_text(yaml.safe_dump({"large_files": [entry]}))
+    download.main("text_encoder", bundle_dir=str(tmp_path), large_files=str(large_files))
+    from scripts.text import load_text_encoder
+
+    model = load_text_encoder(str(tmp_path / "models" / "text_encoder"))
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 64
+
+
+def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
+    """Pack → serve → `monai.bundle download --url` into an empty folder → fetch weights → run inference."""
+    root, base, _ = http_root
+    zip_path = Path(pack.pack(str(BUNDLE_ROOT), str(tmp_path / "dist")))
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "cxr_ldm/configs/inference.json" in names and "cxr_ldm/tokenizer/vocab.json" in names
+    assert not [n for n in names if n.endswith(".pt") or "__pycache__" in n or n.startswith("cxr_ldm/tests")]
+    shutil.copy(zip_path, root / zip_path.name)
+    for name in ("autoencoder.pt", "model.pt"):
+        shutil.copy(tiny_model_dir / name, root / name)
+
+    target = tmp_path / "empty"
+    target.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    fetched = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "download", "--name", "cxr_ldm", "--url", f"{base}/{zip_path.name}", "--bundle_dir", str(target)],
+        cwd=target, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    bundle = target / "cxr_ldm"
+    assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "large_files.yml").is_file()
+
+    # The large files come from the download command (here with the tiny weights served on loopback).
+    entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in ("autoencoder.pt", "model.pt")]
+    (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
+    fetched = subprocess.run(
+        [sys.executable, "-m", "scripts.download", "models/autoencoder.pt", "models/model.pt", "--large_files", str(tmp_path / "large_files.yml")],
+        cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
+    shutil.copy(TINY_OVERLAY, bundle / "tiny.json")
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','tiny.json']", "--load_old", "False"],
+        cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    images = sorted((bundle / "output").glob("*.png"))
+    assert len(images) == 1 and read_png(images[0]).shape == (64, 64) and read_png(images[0]).std() > 1.0
