@@ -81,17 +81,17 @@ class GuidedSampleImages:
         sampler: ``scripts.sampler.GuidedLatentSampler`` (the inference config's ``inferer``).
         network: the UNet to sample (the EMA copy).
         prompts: report texts of the images; seeds are ``seed``, ``seed + 1``, ...
-        log_dir: TensorBoard folder (images go to tag ``samples``, prompts to ``samples/prompt_<i>``).
+        summary_writer: ``torch.utils.tensorboard.SummaryWriter`` (images go to tag ``samples``, prompts to
+            ``samples/prompt_<i>``).
         interval: epochs between sample sets (<= 0: never).
         seed: seed of the first image, the same every time so that epochs compare.
     """
 
-    def __init__(self, sampler, network: torch.nn.Module, prompts: Sequence[str], log_dir: str, interval: int = 10, seed: int = 0) -> None:
+    def __init__(self, sampler, network: torch.nn.Module, prompts: Sequence[str], summary_writer, interval: int = 10, seed: int = 0) -> None:
         self.sampler = sampler
         self.network = network
         self.prompts = [str(p) for p in prompts]
-        self.log_dir = log_dir
-        self.summary_writer = None
+        self.summary_writer = summary_writer
         self.interval = int(interval)
         self.seed = int(seed)
 
@@ -105,10 +105,6 @@ class GuidedSampleImages:
             "negative_prompt": [""] * len(self.prompts),
             "seed": [self.seed + i for i in range(len(self.prompts))],
         }
-        if self.summary_writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.summary_writer = SummaryWriter(log_dir=self.log_dir)
         was_training = self.network.training
         images = self.sampler(jobs, self.network).cpu()  # (N, 1, H, W) in [0, 1]
         self.last_images = images
