@@ -207,6 +207,21 @@ def prepare_job_batch(batchdata: dict, device=None, non_blocking: bool = False, 
     return batchdata, None
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the ``torchrun`` process group (NCCL on GPUs, gloo on CPUs); return (rank, world size)."""
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def close_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def check_settings(output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None) -> None:
     """Fail early, before any model is loaded or file written, on settings that cannot work."""
     if device is not None:
@@ -227,13 +242,8 @@ def check_settings(output_format: str, num_inference_steps, guidance_scale, batc
 
 
 def report_nothing_to_do(jobs: Sequence[dict], output_dir: str) -> None:
-    """Called instead of the sampler when every image exists: only bring the manifest up to date."""
-    from scripts.saver import merge_manifests
-
-    if _distributed_rank()[0] == 0:
-        merge_manifests(output_dir, jobs)
-    logger.info("All %d images are already in %s: nothing to generate.", len(jobs), output_dir)
-    print(f"All {len(jobs)} images are already in {output_dir}: nothing to generate.")
+    """Called instead of the sampler when every image (of this rank's share) exists."""
+    print(f"All images of this run are already in {output_dir}: nothing to generate.")
 
 
 def bundle_version(bundle_root: str) -> str:

@@ -4,7 +4,8 @@ Each image goes to ``<output_dir>/<name>.<png|jpg|pt>`` through a temporary file
 complete, so an interrupted run never leaves a half-written image under a final name. ``manifest.csv``
 lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model version,
 null prompt). Under ``torchrun`` every rank writes its own ``manifest.rank<r>.csv`` and rank 0 merges them
-into ``manifest.csv`` at the end (and on the next run, should a rank have died).
+into ``manifest.csv`` at the end (``finalize_manifest``). Whatever happened to a run, the merge also adds
+rows for finished images missing from every manifest, so the manifest always matches the images.
 """
 
 from __future__ import annotations
@@ -138,7 +139,6 @@ class SampleWriter:
 
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def _manifest_path(self) -> str:
         rank, world = _rank_and_world()
@@ -146,11 +146,8 @@ class SampleWriter:
 
     def started(self, engine=None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
-        rank, world = _rank_and_world()
-        if rank == 0:
+        if _rank_and_world()[1] == 1:
             merge_manifests(self.output_dir, self.jobs)
-        if world > 1:
-            torch.distributed.barrier()
 
     def __call__(self, engine) -> None:
         images = engine.state.output["pred"]
@@ -171,9 +168,15 @@ class SampleWriter:
                 writer.writeheader()
             writer.writerows(rows)
 
-    def completed(self, engine=None) -> None:
-        rank, world = _rank_and_world()
-        if world > 1:
-            torch.distributed.barrier()
-        if rank == 0:
-            merge_manifests(self.output_dir, self.jobs)
+
+def finalize_manifest(jobs: Sequence[dict], output_dir: str) -> str | None:
+    """Last step of a sampling run: once every rank is done, rank 0 writes the merged ``manifest.csv``.
+
+    Every rank calls it, whether or not it had images left to generate, so the barrier cannot hang.
+    """
+    rank, world = _rank_and_world()
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0 and os.path.isdir(output_dir):
+        return merge_manifests(output_dir, jobs)
+    return None

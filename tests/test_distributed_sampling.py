@@ -1,0 +1,50 @@
+"""Prompts-file mode under torchrun: disjoint shares, one merged manifest, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, run_inference
+
+MULTI_GPU_OVERLAY = str(BUNDLE_ROOT / "configs" / "multi_gpu_inference.json")
+
+
+def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_model_dir, tmp_path):
+    prompts_file = tmp_path / "prompts.csv"
+    with open(prompts_file, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "num_samples"], ["Cardiomegaly", 3], ["Left pleural effusion", 2], ["No finding", 2]])
+    out = tmp_path / "out"
+    # A single-process run first; then some images and the manifest are lost, and a rank's stale shard remains.
+    reference = run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=4)
+    assert len(reference) == 7
+    lost = [reference[i] for i in (0, 1, 2, 5)]
+    kept = {p.name: p.stat().st_mtime_ns for p in reference if p not in lost}
+    for path in lost:
+        path.unlink()
+    (out / "manifest.csv").unlink()
+    (out / "manifest.rank1.csv").write_text("file,prompt\nno-such-image.png,torn line")
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run",
+        "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}','{MULTI_GPU_OVERLAY}']",
+        "--bundle_root", str(BUNDLE_ROOT), "--model_dir", str(tiny_model_dir),
+        "--text_encoder_source", str(tiny_model_dir / "text_encoder"), "--load_old", "False",
+        "--prompts_file", str(prompts_file), "--output_dir", str(out), "--batch_size", "4",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BUNDLE_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    images = sorted(p for p in out.iterdir() if p.suffix == ".png")
+    assert [p.name for p in images] == [p.name for p in reference]
+    for path in images:
+        if path.name in kept:
+            assert path.stat().st_mtime_ns == kept[path.name], f"{path.name} was generated again"
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["file"] for r in rows) == [p.name for p in images]
+    assert not list(out.glob("manifest.rank*.csv")) and not list(out.glob("*.tmp"))
