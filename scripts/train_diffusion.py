@@ -26,7 +26,7 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
 
     From a batch ``{"image": (B, 1, H, W) in [0, 1], "prompt_ids": (B, 77) long}`` it returns
     ``(latents, v_target, (), {"noise", "timesteps", "condition"})`` where ``latents`` (B, 3, H/8, W/8) are
-    ``scale_factor`` × a sample of q(z | image), ``condition`` (B, 77, C) is the text encoder's
+    ``scale_factor`` × a sample of q(z | image) (or its mean), ``condition`` (B, 77, C) is the text encoder's
     ``last_hidden_state`` of ``prompt_ids``, ``noise`` ~ N(0, I) like the latents, ``timesteps`` (B,) are
     uniform in [0, num_train_timesteps), and ``v_target = scheduler.get_velocity(latents, noise, timesteps)``.
     Null-prompt dropout happens earlier, in the data transforms (``prompt_ids`` already holds the null
@@ -37,6 +37,8 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
         text_encoder: frozen ``CLIPTextModel``.
         scheduler: scheduler of the training noise schedule (``prediction_type="v_prediction"``).
         scale_factor: latent scale (1/std of the latents; 0.3 for the released model).
+        sample_latents: encode to a sample of q(z | image), as the reference recipe does (True), or to its
+            mean (False: deterministic latents).
         image_key / prompt_key: batch keys of images and token ids.
     """
 
@@ -46,6 +48,7 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
         text_encoder: torch.nn.Module,
         scheduler,
         scale_factor: float,
+        sample_latents: bool = True,
         image_key: str = "image",
         prompt_key: str = "prompt_ids",
     ) -> None:
@@ -55,6 +58,7 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.scale_factor = float(scale_factor)
+        self.sample_latents = bool(sample_latents)
         self.image_key = image_key
         self.prompt_key = prompt_key
 
@@ -62,7 +66,11 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
     def encode(self, batchdata: dict, device: torch.device | str | None, non_blocking: bool = False):
         """Scaled latents (B, 3, h, w) and context (B, 77, C) of a data batch."""
         images = batchdata[self.image_key].to(device, non_blocking=non_blocking).float()
-        latents = self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+        if self.sample_latents:
+            latents = self.autoencoder.encode_stage_2_inputs(images)
+        else:
+            latents = self.autoencoder.encode(images)[0]
+        latents = latents * self.scale_factor
         context = encode_ids(self.text_encoder, batchdata[self.prompt_key]).to(device)
         return latents, context.clone()  # clone: encode_ids runs in inference mode
 
