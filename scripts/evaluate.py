@@ -19,14 +19,12 @@ import base64
 import csv
 import gzip
 import html
-import io
 import json
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from scripts import fid as fid_lib

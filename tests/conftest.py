@@ -124,7 +124,7 @@ def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overri
     return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt"))
 
 
-def read_png(path) -> "np.ndarray":
+def read_png(path):
     import numpy as np
     from PIL import Image
 

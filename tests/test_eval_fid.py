@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
 
 from scripts import fid, xrv
 from helpers_eval import random_densenet_file, smooth_images, write_png_folder
