@@ -1,0 +1,186 @@
+"""Training pieces checked by hand on one batch: v-target, noising, null-prompt dropout, KL, LPIPS backbone
+loading, adversarial warm-up, checkpoint files and the latent scale factor (in-process, tiny networks)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers_data import make_prepared_synthetic
+
+from conftest import make_tiny_text_encoder, tiny_parser
+
+DIFFUSION = ("configs/data.json", "configs/train_diffusion.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_diffusion.json")
+AUTOENCODER = ("configs/data.json", "configs/train_autoencoder.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_autoencoder.json")
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return make_prepared_synthetic(tmp_path_factory.mktemp("unit_data"), num_subjects=12, image_size=64)
+
+
+def _hand_alphas_cumprod() -> torch.Tensor:
+    # DESIGN §1: betas = linspace(sqrt(0.0015), sqrt(0.0205), 1000)², alpha_bar = prod(1 - beta)
+    betas = torch.linspace(math.sqrt(0.0015), math.sqrt(0.0205), 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def test_v_target_and_noising_match_a_hand_computation(tokenizer):
+    from scripts.text import encode_ids, tokenize
+    from scripts.train_diffusion import LatentVPredictionPrepareBatch
+
+    parser = tiny_parser(*DIFFUSION)
+    torch.manual_seed(1)
+    autoencoder = parser.get_parsed_content("autoencoder_def").eval()
+    text_encoder = make_tiny_text_encoder()
+    scheduler = parser.get_parsed_content("train_scheduler")
+    prepare = LatentVPredictionPrepareBatch(autoencoder, text_encoder, scheduler, scale_factor=0.3)
+    images = torch.rand(3, 1, 64, 64)
+    ids = tokenize(tokenizer, ["Big right-sided pleural effusion", "Cardiomegaly", ""])
+
+    torch.manual_seed(7)
+    latents, target, args, kwargs = prepare({"image": images, "prompt_ids": ids}, device="cpu")
+
+    # by hand, drawing the random numbers in the same order: posterior sample, noise, timesteps
+    torch.manual_seed(7)
+    with torch.no_grad():
+        z_mu, z_sigma = autoencoder.encode(images)
+        expected_latents = 0.3 * (z_mu + z_sigma * torch.randn_like(z_sigma))
+    noise = torch.randn_like(expected_latents)
+    timesteps = torch.randint(0, 1000, (3,))
+    alpha_bar = _hand_alphas_cumprod()[timesteps].float().view(3, 1, 1, 1)
+    expected_v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * expected_latents
+
+    assert args == () and latents.shape == (3, 3, 8, 8)
+    torch.testing.assert_close(latents, expected_latents, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kwargs["noise"], noise)
+    assert torch.equal(kwargs["timesteps"], timesteps)
+    torch.testing.assert_close(target, expected_v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kwargs["condition"], encode_ids(text_encoder, ids))
+
+    # the training inferer feeds the UNet x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, with the text as context
+    seen = {}
+
+    def recording_unet(x, timesteps, context):
+        seen.update(x=x, timesteps=timesteps, context=context)
+        return torch.zeros_like(x)
+
+    parser.get_parsed_content("train_inferer")(latents, recording_unet, **kwargs)
+    torch.testing.assert_close(seen["x"], alpha_bar.sqrt() * expected_latents + (1 - alpha_bar).sqrt() * noise, rtol=1e-5, atol=1e-6)
+    assert seen["context"] is kwargs["condition"] and torch.equal(seen["timesteps"], timesteps)
+
+
+def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
+    from scripts.text import encode_ids, null_prompt_ids, tokenize
+    from scripts.train_diffusion import LatentVPredictionPrepareBatch
+    from monai.data import DataLoader, Dataset
+    from monai.utils import set_determinism
+
+    parser = tiny_parser(*DIFFUSION, dataset_dir=str(dataset_dir), null_prompt_prob=0.5)
+    set_determinism(seed=0)
+    transforms = parser.get_parsed_content("train_transforms")
+    data = parser.get_parsed_content("train_datalist") * 8
+    batch = next(iter(DataLoader(Dataset(data, transforms), batch_size=len(data), shuffle=False)))
+    null_ids = null_prompt_ids(tokenizer, parser["null_prompt"])
+    dropped = [i for i, report in enumerate(batch["report"]) if report == ""]
+    kept = [i for i, report in enumerate(batch["report"]) if report != ""]
+    for i in dropped:
+        assert torch.equal(batch["prompt_ids"][i], null_ids)
+    for i in kept:
+        assert torch.equal(batch["prompt_ids"][i], tokenize(tokenizer, [batch["report"][i]])[0])
+    n = len(data)
+    # binomial(n, 0.5): 4 standard deviations either side
+    assert abs(len(dropped) - n / 2) < 4 * math.sqrt(n / 4), f"{len(dropped)} of {n} prompts dropped at p=0.5"
+
+    # the dropped rows reach the UNet as the null-prompt embedding, the one sampling uses for guidance
+    text_encoder = make_tiny_text_encoder()
+    prepare = LatentVPredictionPrepareBatch(parser.get_parsed_content("autoencoder_def").eval(), text_encoder,
+                                            parser.get_parsed_content("train_scheduler"), scale_factor=0.3)
+    small = {"image": batch["image"][:8], "prompt_ids": batch["prompt_ids"][:8]}
+    context = prepare(small, device="cpu")[3]["condition"]
+    null_context = encode_ids(text_encoder, null_ids[None])[0]
+    for i in range(8):
+        assert torch.allclose(context[i], null_context) == (i in dropped)
+
+
+def test_kl_loss_closed_form():
+    from scripts.train_autoencoder import kl_loss
+
+    assert kl_loss(torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)).item() == 0.0
+    mu, sigma = torch.full((2, 3, 4, 4), 0.5), torch.full((2, 3, 4, 4), 2.0)
+    per_value = 0.5 * (0.25 + 4.0 - math.log(4.0) - 1.0)
+    assert kl_loss(mu, sigma).item() == pytest.approx(48 * per_value, rel=1e-6)
+
+
+def test_lpips_backbone_is_read_from_a_local_file(tmp_path):
+    from torchvision.models import squeezenet1_1
+
+    from scripts.train_autoencoder import LPIPSLoss
+
+    with pytest.raises(FileNotFoundError, match="squeezenet1_1"):
+        LPIPSLoss(str(tmp_path / "squeezenet1_1-b8a52dc0.pth"))
+    torch.manual_seed(3)
+    reference = squeezenet1_1(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "squeeze.pth")
+    loss = LPIPSLoss(str(tmp_path / "squeeze.pth"))
+    assert torch.equal(loss.lpips.net.slice1[0].weight, reference.features[0].weight)
+    assert torch.equal(getattr(loss.lpips.net.slice7, "12").expand3x3.weight, reference.features[12].expand3x3.weight)
+    random_backbone = LPIPSLoss(None, random_backbone=True)
+    assert not torch.equal(random_backbone.lpips.net.slice1[0].weight, reference.features[0].weight)
+    images = torch.rand(2, 1, 64, 64)
+    assert loss(images, images).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(images, 1 - images).item() > 0
+
+
+def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(dataset_dir):
+    parser = tiny_parser(*AUTOENCODER, dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1,
+                         adversarial_start_epoch=2)
+    parser["train_handlers"] = []
+    trainer = parser.get_parsed_content("trainer")
+    discriminator = parser.get_parsed_content("discriminator")
+    autoencoder = parser.get_parsed_content("autoencoder")
+    d_before = [p.detach().clone() for p in discriminator.parameters()]
+    g_before = [p.detach().clone() for p in autoencoder.parameters()]
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters())), "D frozen in epoch 1"
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, autoencoder.parameters()))
+    assert trainer.state.output["discriminator_loss"] == 0.0
+    trainer.state.max_epochs = 2
+    trainer.run()
+    assert trainer.state.epoch == 2 and trainer.state.output["discriminator_loss"] > 0
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters())), "D trains from epoch 2"
+
+
+def test_checkpoint_files_are_atomic_and_the_newest_is_found(tmp_path):
+    from scripts.train_checkpoints import AtomicDiskSaver, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    saver = AtomicDiskSaver(str(tmp_path))
+    for epoch in (2, 10, 9):
+        saver({"x": torch.tensor(epoch)}, f"checkpoint_epoch={epoch}.pt")
+    (tmp_path / "checkpoint_epoch=11.pt.partial").write_text("")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch=10.pt", "checkpoint_epoch=11.pt.partial", "checkpoint_epoch=2.pt", "checkpoint_epoch=9.pt"]
+    fixed = AtomicDiskSaver(str(tmp_path / "best"), filename="model.pt")
+    fixed({"w": torch.ones(2)}, "ignored_name.pt")
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["model.pt"]
+
+
+def test_scale_factor_is_one_over_latent_std():
+    from scripts.scale_factor import estimate_scale_factor
+
+    class Scaler(torch.nn.Module):
+        """Stand-in autoencoder whose latents are the images times 4."""
+
+        def encode_stage_2_inputs(self, x):
+            return 4.0 * x
+
+    torch.manual_seed(0)
+    images = [{"image": torch.randn(1, 8, 8)} for _ in range(20)]
+    values = torch.stack([item["image"] for item in images]).double() * 4.0
+    expected = 1.0 / values.std(unbiased=False).item()
+    assert estimate_scale_factor(Scaler(), images, num_images=20, batch_size=6) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="num_scale_images"):
+        estimate_scale_factor(Scaler(), images, num_images=0)
