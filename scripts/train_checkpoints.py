@@ -132,6 +132,7 @@ class ResumableCheckpoint:
         self.save = bool(save)
         self.map_location = map_location
         self.resumed_from: str | None = None
+        self._trained_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         objects = {"trainer": engine, **self.objects}
@@ -153,14 +154,18 @@ class ResumableCheckpoint:
                 score_name="epoch",
                 n_saved=self.n_saved,
             )
-            every = Events.EPOCH_COMPLETED(every=self.save_interval)
-            engine.add_event_handler(every | Events.COMPLETED, self._save_once, checkpoint)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed, checkpoint)
+            engine.add_event_handler(Events.COMPLETED, self._completed, checkpoint)
 
-    def _save_once(self, engine: Engine, checkpoint: Checkpoint) -> None:
-        # COMPLETED follows the last EPOCH_COMPLETED (same epoch), and a resumed run that had already
-        # finished completes without training: neither needs a second file
-        path = os.path.join(self.ckpt_dir, f"{CHECKPOINT_PREFIX}_epoch={engine.state.epoch}.pt")
-        if engine.state.epoch > 0 and not os.path.isfile(path):
+    def _epoch_completed(self, engine: Engine, checkpoint: Checkpoint) -> None:
+        self._trained_epoch = engine.state.epoch
+        if engine.state.epoch % self.save_interval == 0:
+            checkpoint(engine)
+
+    def _completed(self, engine: Engine, checkpoint: Checkpoint) -> None:
+        # the last epoch is saved even off the interval; a resumed run that had already finished trains
+        # no epoch and writes nothing
+        if self._trained_epoch == engine.state.epoch and engine.state.epoch % self.save_interval:
             checkpoint(engine)
 
 
