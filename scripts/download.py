@@ -53,11 +53,14 @@ def file_hash(path: str, hash_type: str) -> str:
 
 
 def hash_ok(path: str, entry: dict) -> bool:
-    """Whether ``path`` matches the entry's hash (True when the entry publishes none)."""
+    """Whether ``path`` matches the entry's hash (True when the entry publishes none).
+
+    A shorter ``hash_val`` is a prefix of the digest, as in torchvision's file names (``-b8a52dc0.pth``).
+    """
     expected = str(entry.get("hash_val") or "").strip().lower()
     if not expected:
         return True
-    return file_hash(path, entry.get("hash_type", "md5")) == expected
+    return file_hash(path, entry.get("hash_type", "md5")).startswith(expected)
 
 
 def fetch(url: str, destination: str, timeout: float = 60.0, progress: bool = True) -> str:
