@@ -28,7 +28,8 @@ class DPMSolverPlusPlusScheduler(Scheduler):
         prediction_type: what the UNet predicts: ``"v_prediction"`` (this model), ``"epsilon"`` or ``"sample"``.
         solver_order: 2 for DPM-Solver++(2M) (recommended with guidance), 1 for DPM-Solver++(1) (= DDIM),
             3 for 3M (unconditional sampling only).
-        timestep_spacing: ``"linspace"`` (first step at t = T - 1, as MONAI's DDIM), ``"leading"`` or ``"trailing"``.
+        timestep_spacing: ``"linspace"`` (first step at t = T - 1, as MONAI's DDIM; the last at ~T / n, from
+            where one first-order step reaches noise 0), ``"leading"`` or ``"trailing"`` (diffusers' meanings).
         use_karras_sigmas: space the steps by the Karras et al. (2022) noise levels instead of ``timestep_spacing``.
         lower_order_final: use first-order updates for the last steps when fewer than 15 steps are
             taken (stabilises very short schedules).

@@ -15,6 +15,7 @@ SCHEDULERS = {
     "ddpm": "monai.networks.schedulers:DDPMScheduler",
     "pndm": "monai.networks.schedulers:PNDMScheduler",
     "dpmpp_2m": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
+    "dpmpp_2m_karras": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).
@@ -23,6 +24,8 @@ SCHEDULER_DEFAULTS = {
     "ddpm": {"clip_sample": False},
     "pndm": {"skip_prk_steps": True},
     "dpmpp_2m": {"solver_order": 2},
+    # Karras et al. (2022) noise levels: denser steps at low noise, ending at t = 0 (docs/performance.md).
+    "dpmpp_2m_karras": {"solver_order": 2, "use_karras_sigmas": True},
 }
 
 

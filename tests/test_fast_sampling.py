@@ -83,6 +83,10 @@ def test_dpmpp_2m_is_registered_on_the_model_noise_schedule():
     a_bar = scheduler.alphas_cumprod[t]
     torch.testing.assert_close(x0, a_bar.sqrt() * sample - (1 - a_bar).sqrt() * v, rtol=1e-5, atol=1e-5)
 
+    karras = build_scheduler("dpmpp_2m_karras", **parser.get_parsed_content("noise_schedule"))
+    karras.set_timesteps(10)
+    assert int(karras.timesteps[0]) == 999 and int(karras.timesteps[-1]) == 0, "Karras steps end at the least noise"
+
     for bad in (0, 1001):
         with pytest.raises(ValueError, match="num_inference_steps"):
             scheduler.set_timesteps(bad)
