@@ -281,7 +281,7 @@ def print_tables(report: dict) -> None:
             print(f"distance to {reference:<12}{'latent RMSE':>13}{'pixel RMSE':>12}{'feature dist':>14}")
             for name, row in table.items():
                 print(f"  {name:<22}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}")
-            print(f"  fewest steps as close to {reference} as DDIM-50 on all three: {p['fewest_steps_as_close_as_ddim_50'][reference] or 'none tried'}")
+            print(f"  fewest steps as close to {reference} as DDIM-50 on all three: {p['fewest_steps_as_close_as_ddim_50'][reference] or 'none of those tried'}")
 
 
 def main(
