@@ -295,7 +295,7 @@ def main(
     peak_tflops: float | None = None,
     parity_model_dir: str | None = None,
     parity_samplers=("ddim-50", "dpmpp_2m-10", "dpmpp_2m-15", "dpmpp_2m-20", "dpmpp_2m_karras-10",
-                     "dpmpp_2m_karras-15", "dpmpp_2m_karras-20", "dpmpp_2m_karras-25"),
+                     "dpmpp_2m_karras-15", "dpmpp_2m_karras-20", "dpmpp_2m_karras-25", "dpmpp_2m_karras-30"),
     parity_references=("ddim-200", "ddim-1000"),
     parity_images: int = 8,
     xrv_weights: str | None = None,
