@@ -16,6 +16,8 @@ from monai.networks.schedulers import Scheduler
 
 #: Prediction types of MONAI's schedulers that the solver understands (same names in diffusers).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: Multistep solvers of diffusers behind the same adapter.
+SOLVERS = ("dpmsolver++", "unipc")
 
 
 class DPMSolverPlusPlusScheduler(Scheduler):
@@ -49,28 +51,45 @@ class DPMSolverPlusPlusScheduler(Scheduler):
         timestep_spacing: str = "linspace",
         use_karras_sigmas: bool = False,
         lower_order_final: bool = True,
+        solver: str = "dpmsolver++",
         **schedule_args,
     ) -> None:
-        from diffusers import DPMSolverMultistepScheduler
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
         super().__init__(num_train_timesteps, schedule, **schedule_args)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order!r}.")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
         self.prediction_type = prediction_type
-        self.solver = DPMSolverMultistepScheduler(
-            num_train_timesteps=num_train_timesteps,
-            trained_betas=self.betas.double().numpy(),
-            prediction_type=prediction_type,
-            algorithm_type="dpmsolver++",
-            solver_order=solver_order,
-            solver_type="midpoint",
-            timestep_spacing=timestep_spacing,
-            use_karras_sigmas=use_karras_sigmas,
-            lower_order_final=lower_order_final,
-            final_sigmas_type="zero",
-        )
+        if solver == "unipc":
+            # UniPC (Zhao et al. 2023): a predictor-corrector with the same data-prediction multistep update.
+            self.solver = UniPCMultistepScheduler(
+                num_train_timesteps=num_train_timesteps,
+                trained_betas=self.betas.double().numpy(),
+                prediction_type=prediction_type,
+                solver_order=solver_order,
+                solver_type="bh2",
+                timestep_spacing=timestep_spacing,
+                use_karras_sigmas=use_karras_sigmas,
+                lower_order_final=lower_order_final,
+                final_sigmas_type="zero",
+            )
+        else:
+            self.solver = DPMSolverMultistepScheduler(
+                num_train_timesteps=num_train_timesteps,
+                trained_betas=self.betas.double().numpy(),
+                prediction_type=prediction_type,
+                algorithm_type="dpmsolver++",
+                solver_order=solver_order,
+                solver_type="midpoint",
+                timestep_spacing=timestep_spacing,
+                use_karras_sigmas=use_karras_sigmas,
+                lower_order_final=lower_order_final,
+                final_sigmas_type="zero",
+            )
         self.init_noise_sigma = 1.0
         self.num_inference_steps = 0
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)

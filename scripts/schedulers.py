@@ -16,6 +16,7 @@ SCHEDULERS = {
     "pndm": "monai.networks.schedulers:PNDMScheduler",
     "dpmpp_2m": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
     "dpmpp_2m_karras": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
+    "unipc_karras": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).
@@ -26,6 +27,7 @@ SCHEDULER_DEFAULTS = {
     "dpmpp_2m": {"solver_order": 2},
     # Karras et al. (2022) noise levels: denser steps at low noise, ending at t = 0 (docs/performance.md).
     "dpmpp_2m_karras": {"solver_order": 2, "use_karras_sigmas": True},
+    "unipc_karras": {"solver": "unipc", "solver_order": 2, "use_karras_sigmas": True},
 }
 
 

@@ -220,3 +220,22 @@ def test_compile_stays_within_tolerance_of_float32(tiny_switch_models, float32_r
     latents, images = _sample(tiny_switch_models, compile=True)
     assert (latents - ref_latents).abs().max() <= 1e-4
     assert (images - ref_images).abs().max() <= 1e-4
+
+
+def test_default_unipc_karras_reaches_exact_gaussian_solution_better_than_ddim_50(gaussian_problem):
+    """The inference default (UniPC, Karras noise levels, 20 steps) integrates the ODE to noise 0 more
+    accurately than the reference DDIM-50, and converges as steps are added."""
+    from monai.bundle import ConfigParser
+
+    from conftest import INFERENCE_CONFIG
+
+    defaults = ConfigParser()
+    defaults.read_config(INFERENCE_CONFIG)
+    name, steps = defaults["scheduler_name"], defaults["num_inference_steps"]
+    assert (name, steps) == ("unipc_karras", 20)
+    mu, x_start, model = gaussian_problem
+    exact = exact_ode_solution(x_start, 999, build_scheduler("ddim", **NOISE_SCHEDULE).alphas_cumprod, mu, STD)
+    errors = {n: _rms(_solve(build_scheduler(name, **NOISE_SCHEDULE), model, x_start, mu, n), exact) for n in (8, steps, 40)}
+    ddim_50_error = _rms(_solve(build_scheduler("ddim", **NOISE_SCHEDULE), model, x_start, mu, 50), exact)
+    assert errors[40] < errors[steps] < errors[8], errors
+    assert errors[steps] < ddim_50_error, (errors, ddim_50_error)

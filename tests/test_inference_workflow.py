@@ -207,7 +207,7 @@ def test_resume_skips_finished_images_and_names_never_collide(tiny_model_dir, tm
     rows = _manifest(out)
     assert sorted(r["file"] for r in rows) == sorted(p.name for p in first)
     assert {r["seed"] for r in rows} == {"5", "6", "2042"}
-    assert {r["scheduler"] for r in rows} == {"ddim"} and {r["num_inference_steps"] for r in rows} == {"3"}
+    assert {r["scheduler"] for r in rows} == {"unipc_karras"} and {r["num_inference_steps"] for r in rows} == {"3"}
     # Everything done: a third run generates nothing and keeps the manifest whole.
     run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=2)
     assert len(_manifest(out)) == 5
