@@ -9,6 +9,7 @@ progress bar, decode, and clip to [0, 1].
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -56,6 +57,8 @@ class GuidedLatentSampler(Inferer):
         progress: show a progress bar over denoising steps.
     """
 
+    CONTEXT_CACHE_SIZE = 256
+
     def __init__(
         self,
         autoencoder: torch.nn.Module,
@@ -93,20 +96,30 @@ class GuidedLatentSampler(Inferer):
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self.progress = bool(progress)
-        self._context_cache: dict[str, torch.Tensor] = {}
+        self._context_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._compiled: dict[int, torch.nn.Module] = {}
         if self.channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
 
     # -- pieces -------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Context (B, 77, C) of ``prompts``; "" is the null prompt. Embeddings are cached per text."""
+        """Context (B, 77, C) of ``prompts``; "" is the null prompt.
+
+        The embeddings of the most recent ``CONTEXT_CACHE_SIZE`` texts are kept (the null prompt and a
+        prompt's repeated samples are encoded once; a 77×1024 embedding is 315 kB, so the cache is bounded
+        for prompts files of any length).
+        """
         missing = [p for p in dict.fromkeys(prompts) if p not in self._context_cache]
         if missing:
             ids = prompt_ids(self.tokenizer, missing, null_prompt=self.null_prompt)
             for text, context in zip(missing, encode_ids(self.text_encoder, ids)):
                 self._context_cache[text] = context
-        return torch.stack([self._context_cache[p] for p in prompts])
+        contexts = torch.stack([self._context_cache[p] for p in prompts])
+        for text in prompts:
+            self._context_cache.move_to_end(text)
+        while len(self._context_cache) > self.CONTEXT_CACHE_SIZE:
+            self._context_cache.popitem(last=False)
+        return contexts
 
     def _unet(self, network: torch.nn.Module) -> torch.nn.Module:
         if self.channels_last:

@@ -272,3 +272,17 @@ def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
     assert parser["dataset"]["data"] == "@pending_jobs"
     assert parser["inferer"]["_target_"].endswith("GuidedLatentSampler")
     assert parser["evaluator"]["inferer"] == "@inferer"
+
+
+def test_prompt_embeddings_are_cached_within_a_bound(tiny_model_dir):
+    from conftest import tiny_parser
+
+    parser = tiny_parser(model_dir=str(tiny_model_dir), load_old=False, text_encoder_source=str(tiny_model_dir / "text_encoder"))
+    sampler = parser.get_parsed_content("inferer")
+    sampler.CONTEXT_CACHE_SIZE = 3
+    first = sampler.encode_prompts(["", "Cardiomegaly", ""])
+    torch.testing.assert_close(first[0], first[2])
+    for i in range(5):
+        sampler.encode_prompts([f"prompt {i}"])
+    assert len(sampler._context_cache) == 3 and "prompt 4" in sampler._context_cache
+    torch.testing.assert_close(sampler.encode_prompts(["Cardiomegaly"])[0], first[1])
