@@ -30,6 +30,8 @@ class DPMSolverPlusPlusScheduler(Scheduler):
         prediction_type: what the UNet predicts: ``"v_prediction"`` (this model), ``"epsilon"`` or ``"sample"``.
         solver_order: 2 for DPM-Solver++(2M) (recommended with guidance), 1 for DPM-Solver++(1) (= DDIM),
             3 for 3M (unconditional sampling only).
+        solver: ``"dpmsolver++"`` or ``"unipc"`` (UniPC-bh2, diffusers' ``UniPCMultistepScheduler``; the
+            inference default on Karras noise levels, see docs/performance.md).
         timestep_spacing: ``"linspace"`` (first step at t = T - 1, as MONAI's DDIM; the last at ~T / n, from
             where one first-order step reaches noise 0), ``"leading"`` or ``"trailing"`` (diffusers' meanings).
         use_karras_sigmas: space the steps by the Karras et al. (2022) noise levels instead of ``timestep_spacing``.
@@ -64,32 +66,21 @@ class DPMSolverPlusPlusScheduler(Scheduler):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
         self.prediction_type = prediction_type
+        common = {
+            "num_train_timesteps": num_train_timesteps,
+            "trained_betas": self.betas.double().numpy(),  # MONAI's betas: one schedule for training and sampling
+            "prediction_type": prediction_type,
+            "solver_order": solver_order,
+            "timestep_spacing": timestep_spacing,
+            "use_karras_sigmas": use_karras_sigmas,
+            "lower_order_final": lower_order_final,
+            "final_sigmas_type": "zero",
+        }
         if solver == "unipc":
-            # UniPC (Zhao et al. 2023): a predictor-corrector with the same data-prediction multistep update.
-            self.solver = UniPCMultistepScheduler(
-                num_train_timesteps=num_train_timesteps,
-                trained_betas=self.betas.double().numpy(),
-                prediction_type=prediction_type,
-                solver_order=solver_order,
-                solver_type="bh2",
-                timestep_spacing=timestep_spacing,
-                use_karras_sigmas=use_karras_sigmas,
-                lower_order_final=lower_order_final,
-                final_sigmas_type="zero",
-            )
+            # UniPC (Zhao et al. 2023): a predictor-corrector on the same data-prediction multistep update.
+            self.solver = UniPCMultistepScheduler(solver_type="bh2", **common)
         else:
-            self.solver = DPMSolverMultistepScheduler(
-                num_train_timesteps=num_train_timesteps,
-                trained_betas=self.betas.double().numpy(),
-                prediction_type=prediction_type,
-                algorithm_type="dpmsolver++",
-                solver_order=solver_order,
-                solver_type="midpoint",
-                timestep_spacing=timestep_spacing,
-                use_karras_sigmas=use_karras_sigmas,
-                lower_order_final=lower_order_final,
-                final_sigmas_type="zero",
-            )
+            self.solver = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint", **common)
         self.init_noise_sigma = 1.0
         self.num_inference_steps = 0
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
