@@ -159,3 +159,24 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     assert ran.returncode == 0, ran.stderr[-3000:]
     images = sorted((bundle / "output").glob("*.png"))
     assert len(images) == 1 and read_png(images[0]).shape == (64, 64) and read_png(images[0]).std() > 1.0
+
+
+def test_github_release_route_finds_the_packed_zip_by_name(http_root, tmp_path, monkeypatch):
+    """`--source github --repo owner/repo/tag --name cxr_ldm --version V` asks for `cxr_ldm_vV.zip`."""
+    import monai.bundle.scripts as bundle_scripts
+
+    root, base, _ = http_root
+    zip_path = Path(pack.pack(str(BUNDLE_ROOT), str(root)))
+    asked = []
+
+    def release_url(repo_owner, repo_name, tag_name, filename):
+        asked.append((repo_owner, repo_name, tag_name, filename))
+        return f"{base}/{filename}"
+
+    monkeypatch.setattr(bundle_scripts, "_get_git_release_url", release_url)
+    version = zip_path.stem.split("_v")[-1]
+    bundle_scripts.download(
+        name="cxr_ldm", version=version, source="github", repo="owner/cxr-ldm/v" + version, bundle_dir=str(tmp_path / "b")
+    )
+    assert asked == [("owner", "cxr-ldm", "v" + version, zip_path.name)]
+    assert (tmp_path / "b" / "cxr_ldm" / "configs" / "inference.json").is_file()
