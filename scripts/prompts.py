@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import os
 import re
 import sys
@@ -20,7 +19,6 @@ from collections.abc import Sequence
 
 import torch
 
-logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("png", "jpg", "pt")
 PROMPTS_FILE_COLUMNS = ("prompt", "negative_prompt", "seed", "num_samples")
