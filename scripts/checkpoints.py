@@ -7,14 +7,17 @@ is what this bundle's training writes (``load_old=False``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import torch
+from scripts.errors import CxrLdmError
 
 DOWNLOAD_HINT = "run `python -m scripts.download` (or place the file there by hand, see README 'Weights')"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CxrLdmError, RuntimeError):
     """A weights file is missing, unreadable, or does not fit the network."""
 
 
@@ -63,6 +66,36 @@ def _mismatch_summary(network: torch.nn.Module, state: dict) -> str:
     return ", ".join(parts) or "no key differences"
 
 
+def _load_old_layout(network: torch.nn.Module, old_state: dict) -> list[str]:
+    """Load a GenerativeModels-layout ``old_state`` with MONAI's ``load_old_state_dict``; return the
+    names of the network's tensors the file did not provide.
+
+    MONAI's converter starts from the network's own ``state_dict()`` and overwrites the entries it finds
+    in the file, so a tensor missing from the file silently keeps its random initial value. The tensors
+    it finally loads are captured here: one that still shares storage with the network's own tensor was
+    not in the file.
+    """
+    own = {key: value.untyped_storage().data_ptr() for key, value in network.state_dict().items()}
+    loaded: dict = {}
+    load_state_dict = network.load_state_dict
+
+    def capture(state_dict, *args, **kwargs):
+        loaded.update(state_dict)
+        return load_state_dict(state_dict, *args, **kwargs)
+
+    network.load_state_dict = capture  # the instance attribute shadows the method for this call only
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # MONAI prints "All keys match" on the fast path
+            network.load_old_state_dict(old_state)
+    finally:
+        del network.load_state_dict
+    return [
+        key
+        for key, pointer in own.items()
+        if key not in loaded or (loaded[key].numel() > 0 and loaded[key].untyped_storage().data_ptr() == pointer)
+    ]
+
+
 def load_weights(
     network: torch.nn.Module,
     path: str,
@@ -91,7 +124,12 @@ def load_weights(
             if not hasattr(network, "load_old_state_dict"):
                 raise CheckpointError(f"load_old=True but {name} has no GenerativeModels layout to convert from.")
             leftover = dict(state)  # load_old_state_dict pops the keys it converts
-            network.load_old_state_dict(leftover)
+            unfilled = _load_old_layout(network, leftover)
+            if unfilled:
+                raise CheckpointError(
+                    f"Weights file '{path}' lacks {len(unfilled)} tensors that {name} needs (e.g. {unfilled[0]}): "
+                    "it is truncated or of another architecture; download it again or check the network settings."
+                )
             if strict and leftover:
                 raise CheckpointError(
                     f"Weights file '{path}' does not fit {name}: {len(leftover)} keys were not used "

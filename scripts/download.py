@@ -13,7 +13,6 @@ says where to put the file by hand and exits non-zero.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -22,12 +21,14 @@ import urllib.request
 
 import fire
 import yaml
+from scripts.errors import CxrLdmError
+from scripts.hashing import file_digest
 
 CHUNK = 1 << 20
 TEXT_ENCODER_TARGET = "text_encoder"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(CxrLdmError, RuntimeError):
     """A large file could not be fetched or failed its hash check."""
 
 
@@ -44,14 +45,6 @@ def read_large_files(path: str) -> list[dict]:
     return entries
 
 
-def file_hash(path: str, hash_type: str) -> str:
-    digest = hashlib.new(hash_type.lower())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hash_ok(path: str, entry: dict) -> bool:
     """Whether ``path`` matches the entry's hash (True when the entry publishes none).
 
@@ -60,7 +53,7 @@ def hash_ok(path: str, entry: dict) -> bool:
     expected = str(entry.get("hash_val") or "").strip().lower()
     if not expected:
         return True
-    return file_hash(path, entry.get("hash_type", "md5")).startswith(expected)
+    return file_digest(path, entry.get("hash_type", "md5")).startswith(expected)
 
 
 def fetch(url: str, destination: str, timeout: float = 60.0, progress: bool = True) -> str:

@@ -16,8 +16,9 @@ it with the report's sentences in ``output_dir/datalist.json`` under the officia
 
 Images already written by an earlier run (with the same settings) are kept, so an interrupted run is
 resumed by running the same command again. Every file is written to a temporary name and renamed when
-complete. Unreadable images, missing reports and reports without FINDINGS/IMPRESSION are skipped and
-listed in ``output_dir/skipped.csv``; ``output_dir/summary.json`` holds the counts. The command fails
+complete. A report without FINDINGS/IMPRESSION headers gives the sentences of its last paragraph, as
+MIMIC-CXR's own section extractor does (counted as ``reports_from_last_paragraph``). Unreadable images,
+missing reports and reports with no usable text are skipped and listed in ``output_dir/skipped.csv``; ``output_dir/summary.json`` holds the counts. The command fails
 (exit code 1) only when no usable image was produced.
 """
 
@@ -38,7 +39,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from scripts.report_sections import report_sentences
+from scripts.report_sections import report_sentences_with_fallback
+from scripts.errors import CxrLdmError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ SETTINGS_FILE = "preparation.json"
 TEMPORARY_SUFFIX = ".partial"
 
 
-class PreparationError(RuntimeError):
+class PreparationError(CxrLdmError, RuntimeError):
     """The inputs cannot be prepared (missing files, wrong columns, a subject in several splits, nothing usable)."""
 
 
@@ -233,13 +235,15 @@ def prepare(
     for row in images.itertuples(index=False):
         if row.study_id not in sentences_of:
             text = source.read(row.subject_id, row.study_id)
-            sentences_of[row.study_id] = [] if text is None else report_sentences(text)
+            sentences, from_last_paragraph = ([], False) if text is None else report_sentences_with_fallback(text)
+            sentences_of[row.study_id] = sentences
+            counts["reports_from_last_paragraph"] += int(from_last_paragraph)
             if text is None:
                 counts["reports_missing"] += 1
                 problem_of[row.study_id] = "no report"
             elif not sentences_of[row.study_id]:
                 counts["reports_without_sections"] += 1
-                problem_of[row.study_id] = "report has no FINDINGS/IMPRESSION"
+                problem_of[row.study_id] = "report has no FINDINGS/IMPRESSION and no usable last paragraph"
         if row.study_id in problem_of:
             skipped.append((row.dicom_id, problem_of[row.study_id]))
             continue
@@ -297,6 +301,7 @@ def prepare(
         "images_unreadable": counts["images_unreadable"],
         "reports_missing": counts["reports_missing"],
         "reports_without_sections": counts["reports_without_sections"],
+        "reports_from_last_paragraph": counts["reports_from_last_paragraph"],
         "images_skipped": len(skipped),
         "seconds": round(time.time() - started, 1),
     }

@@ -1,30 +1,34 @@
 """What to generate: prompts from the command line or a prompts file, expanded into one job per image.
 
-A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}``. ``name`` is the file stem of the image
-(without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``, where the hash covers everything that
-decides the pixels (prompt, negative prompt, seed, steps, guidance, scheduler, model version, null
-prompt) and the output format. The same command therefore gives the same names (so a re-run skips images
+A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}`` plus the sampling settings. ``name`` is
+the file stem of the image (without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``, where the
+hash covers everything that decides the pixels (prompt, negative prompt, seed, and the ``sampling_settings``
+of the config: steps, guidance, scheduler, null prompt, scale factor, precision switches, fingerprints of
+the weights files) and the output format; equal values spelled differently (``7`` and ``7.0``) hash alike. The same command therefore gives the same names (so a re-run skips images
 already written), and names never collide, within a run or across runs with other settings.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
+import math
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 import torch
+from scripts.errors import CxrLdmError
+from scripts.hashing import settings_digest
 
 
 OUTPUT_FORMATS = ("png", "jpg", "pt")
 PROMPTS_FILE_COLUMNS = ("prompt", "negative_prompt", "seed", "num_samples")
 
 
-class PromptsError(ValueError):
+class PromptsError(CxrLdmError, ValueError):
     """Bad prompts, prompts file or sampling settings."""
 
 
@@ -120,18 +124,23 @@ def read_prompts_file(path: str) -> list[dict]:
     return rows
 
 
-def _slug(text: str, length: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length].strip("-")
-    return slug or "null-prompt"
+def prompt_slug(text: str, length: int = 40) -> str:
+    """File-name part of a prompt: lower-case words of any script joined by "-", at most ``length`` characters.
+
+    Letters and digits of every alphabet are kept ("Épanchement" -> "épanchement", "胸腔积液" stays);
+    only the empty prompt is called ``null-prompt``; a prompt without letters or digits is ``prompt``.
+    """
+    text = unicodedata.normalize("NFC", text).lower()
+    slug = re.sub(r"[\W_]+", "-", text).strip("-")[:length].strip("-")
+    if slug:
+        return slug
+    return "null-prompt" if not text.strip() else "prompt"
 
 
 def image_name(index: int, prompt: str, negative_prompt: str, seed: int, settings: dict) -> str:
     """File stem of one image (see the module docstring)."""
-    identity = json.dumps(
-        {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, **settings}, sort_keys=True, default=str
-    )
-    digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:8]
-    return f"{index:05d}_{_slug(prompt)}_seed{seed}_{digest}"
+    digest = settings_digest({"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, **settings})
+    return f"{index:05d}_{prompt_slug(prompt)}_seed{seed}_{digest}"
 
 
 def sampling_jobs(
@@ -220,7 +229,21 @@ def close_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def check_settings(output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None) -> None:
+def _as_finite(value, what: str, positive: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PromptsError(f"{what} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise PromptsError(f"{what} must be a finite number, got {value}.")
+    if positive and number <= 0:
+        raise PromptsError(f"{what} must be > 0, got {value!r}.")
+    return number
+
+
+def check_settings(
+    output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None, scale_factor=1.0
+) -> None:
     """Fail early, before any model is loaded or file written, on settings that cannot work."""
     if device is not None:
         device = torch.device(device)
@@ -233,10 +256,8 @@ def check_settings(output_format: str, num_inference_steps, guidance_scale, batc
     _as_int(num_inference_steps, "--num_inference_steps", 1)
     _as_int(batch_size, "--batch_size", 1)
     _as_int(num_samples, "--num_samples", 1)
-    try:
-        float(guidance_scale)
-    except (TypeError, ValueError):
-        raise PromptsError(f"--guidance_scale must be a number, got {guidance_scale!r}.") from None
+    _as_finite(guidance_scale, "--guidance_scale")
+    _as_finite(scale_factor, "--scale_factor", positive=True)
 
 
 def report_nothing_to_do(jobs: Sequence[dict], output_dir: str) -> None:

@@ -10,6 +10,7 @@ Public functions:
     extract_sections(text) -> {"findings": str, "impression": str}
     split_sentences(text) -> list[str]
     report_sentences(text) -> list[str]   findings sentences, then impression sentences
+    report_sentences_with_fallback(text) -> (list[str], bool)   the same, else the last paragraph's
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def classify_header(label: str, require_target: bool = False, known_only: bool =
     words = re.sub(r"[^A-Za-z ]", " ", re.sub(r"\((s)\)", r"\1", label, flags=re.IGNORECASE)).upper().split()
     if not words or len(words) > 6:
         return None
+    if words == ["REPORT"] and not require_target and not known_only:
+        # "REPORT:" heads the body of reports written without FINDINGS / IMPRESSION headers
+        return "findings"
     findings = any(_like(word, FINDINGS_WORDS) for word in words)
     impression = any(_like(word, IMPRESSION_WORDS) for word in words)
     if impression:
@@ -161,3 +165,32 @@ def report_sentences(text: str) -> list[str]:
     """Findings sentences followed by impression sentences of a report (``[]`` when it has neither)."""
     bodies = _section_bodies(text)
     return [sentence for kind in ("findings", "impression") for body in bodies[kind] for sentence in split_sentences(body)]
+
+
+def last_paragraph_sentences(text: str) -> list[str]:
+    """Sentences of the last paragraph of a report that is not another named section (``[]`` if none).
+
+    The fallback of MIMIC-CXR's own section extractor for reports without FINDINGS / IMPRESSION headers:
+    their conclusion is usually the last paragraph. Paragraphs are separated by blank lines; one that
+    starts with another section's header (``COMPARISON:``, ``NOTIFICATION:``) is passed over.
+    """
+    for paragraph in reversed(re.split(r"\n[ \t]*\n", text)):
+        header = _LINE_HEADER.match(paragraph.lstrip("\n"))
+        if header and classify_header(header.group("label")) == "other":
+            continue
+        sentences = split_sentences(paragraph)
+        if sentences:
+            return sentences
+    return []
+
+
+def report_sentences_with_fallback(text: str) -> tuple[list[str], bool]:
+    """``report_sentences(text)``, or the last paragraph's when the report has no recognised section.
+
+    Returns the sentences and whether the last-paragraph fallback gave them.
+    """
+    sentences = report_sentences(text)
+    if sentences:
+        return sentences, False
+    sentences = last_paragraph_sentences(text)
+    return sentences, bool(sentences)

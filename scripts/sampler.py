@@ -9,6 +9,7 @@ progress bar, decode, and clip to [0, 1].
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -16,8 +17,9 @@ import torch
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
+from scripts.errors import CxrLdmError
 from scripts.schedulers import is_stochastic
-from scripts.text import encode_ids, prompt_ids
+from scripts.text import check_context_width, encode_ids, prompt_ids
 
 AUTOCAST_DTYPES = {None: None, "none": None, "float32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                    "float16": torch.float16, "fp16": torch.float16}
@@ -32,6 +34,20 @@ def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.
     return torch.stack(
         [torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     )
+
+
+def step_noise_seed(seed: int) -> int:
+    """Seed of the generator that draws image ``seed``'s per-step noise (stochastic schedulers).
+
+    It must not be ``seed + k``: that is the initial-noise seed of another image of the same run, and the
+    two images would share noise. A hash of the seed gives a stream unrelated to every initial-noise seed.
+    """
+    digest = hashlib.sha256(f"cxr-ldm step noise {int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class NonFiniteSampleError(CxrLdmError, FloatingPointError):
+    """Sampling produced NaN or infinite latents; nothing is written for them."""
 
 
 class GuidedLatentSampler(Inferer):
@@ -55,6 +71,7 @@ class GuidedLatentSampler(Inferer):
         channels_last: use the channels-last memory format for the UNet and the autoencoder.
         compile: wrap the UNet in ``torch.compile`` (first call compiles; worthwhile for many images).
         progress: show a progress bar over denoising steps.
+        cross_attention_dim: the UNet's context width; checked against the text encoder's when given.
     """
 
     CONTEXT_CACHE_SIZE = 256
@@ -75,6 +92,7 @@ class GuidedLatentSampler(Inferer):
         channels_last: bool = False,
         compile: bool = False,
         progress: bool = True,
+        cross_attention_dim: int | None = None,
     ) -> None:
         super().__init__()
         if int(num_inference_steps) < 1:
@@ -96,6 +114,8 @@ class GuidedLatentSampler(Inferer):
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self.progress = bool(progress)
+        if cross_attention_dim is not None:
+            check_context_width(text_encoder, cross_attention_dim)
         self._context_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._compiled: dict[int, torch.nn.Module] = {}
         if self.channels_last:
@@ -169,7 +189,7 @@ class GuidedLatentSampler(Inferer):
         self.scheduler.set_timesteps(self.num_inference_steps, device=device)
         unet = self._unet(unet)
         stochastic = is_stochastic(self.scheduler)
-        generators = [torch.Generator(device=device).manual_seed(int(s) + 1) for s in (seeds or [])]
+        generators = [torch.Generator(device=device).manual_seed(step_noise_seed(s)) for s in (seeds or [])]
         if stochastic and len(generators) != latents.shape[0]:
             raise ValueError("a stochastic scheduler needs one seed per image.")
         timesteps = self.scheduler.timesteps
@@ -216,4 +236,15 @@ class GuidedLatentSampler(Inferer):
             uncond_context = self.encode_prompts(negatives).to(device)
             latents = initial_latents(seeds, self.latent_shape).to(device)
             latents = self.denoise(network, latents, context, uncond_context, seeds=seeds)
+            self.check_finite(latents, prompts, seeds)
             return self.decode(latents)
+
+    def check_finite(self, latents: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> None:
+        """Refuse a batch whose clean latents (B, *latent_shape) hold NaN or inf (they decode to black images)."""
+        finite = torch.isfinite(latents.flatten(1)).all(dim=1).tolist()
+        bad = [f"seed {seed} of {prompt[:40]!r}" for seed, prompt, ok in zip(seeds, prompts, finite) if not ok]
+        if bad:
+            raise NonFiniteSampleError(
+                f"Sampling gave NaN/inf latents for {len(bad)} image(s) ({'; '.join(bad[:3])}); nothing was written "
+                "for them: check the weights (--diffusion_path, --load_old), --guidance_scale and --autocast_dtype."
+            )

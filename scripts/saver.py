@@ -3,7 +3,7 @@
 Each image goes to ``<output_dir>/<name>.<png|jpg|pt>`` through a temporary file that is renamed once
 complete, so an interrupted run never leaves a half-written image under a final name. ``manifest.csv``
 lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model version,
-null prompt). Under ``torchrun`` every rank writes its own ``manifest.rank<r>.csv`` and rank 0 merges them
+null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its own ``manifest.rank<r>.csv`` and rank 0 merges them
 into ``manifest.csv`` at the end (``finalize_manifest``). Whatever happened to a run, the merge also adds
 rows for finished images missing from every manifest, so the manifest always matches the images.
 """
@@ -30,6 +30,10 @@ MANIFEST_COLUMNS = (
     "scheduler",
     "model_version",
     "null_prompt",
+    "scale_factor",
+    "autoencoder_weights",
+    "diffusion_weights",
+    "text_encoder",
 )
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "pt": ".pt"}
 
@@ -50,6 +54,8 @@ def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
     """
     if image.ndim != 3 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"refusing to write '{path}': the image holds NaN or inf values.")
     temporary = f"{path}.tmp"
     image = image.detach().float().cpu().clamp(0.0, 1.0)
     if output_format == "pt":

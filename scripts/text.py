@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from scripts.errors import CxrLdmError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ TEXT_ENCODER_HELP = (
 )
 
 
-class TextEncoderNotFoundError(RuntimeError):
+class TextEncoderNotFoundError(CxrLdmError, RuntimeError):
     """No text encoder could be loaded from the configured source."""
 
 
@@ -118,6 +119,26 @@ def encode_ids(text_encoder, token_ids: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------
 # Text encoder loading
+
+
+class TextEncoderMismatchError(CxrLdmError, ValueError):
+    """The text encoder's output width is not the UNet's cross-attention width."""
+
+
+def check_context_width(text_encoder, cross_attention_dim: int) -> None:
+    """Fail at build time when the text encoder's width (hidden size) is not the UNet's ``cross_attention_dim``.
+
+    Otherwise the first UNet call fails deep inside cross-attention with a matrix-shape error.
+    """
+    config = getattr(text_encoder, "config", None)
+    width = getattr(config, "hidden_size", None)
+    if width is None or int(width) == int(cross_attention_dim):
+        return
+    raise TextEncoderMismatchError(
+        f"The text encoder gives {int(width)}-wide embeddings but the UNet's cross_attention_dim is "
+        f"{int(cross_attention_dim)}: use a text encoder of width {int(cross_attention_dim)} (--text_encoder_source; "
+        "this model needs the SD-2.x / OpenCLIP ViT-H/14 text tower) or set network_def#cross_attention_dim."
+    )
 
 
 def _is_openclip_file(path: str) -> bool:

@@ -84,14 +84,39 @@ class EngineAttributeState:
             value.load_state_dict(state)
 
 
-def latest_checkpoint(ckpt_dir: str) -> str | None:
-    """Path of ``checkpoint_epoch=<n>.pt`` with the largest ``n`` in ``ckpt_dir`` (None when there is none)."""
+class BestModelState:
+    """``state_dict``/``load_state_dict`` of a best-model ``CheckpointSaver``: the best score so far.
+
+    Without it a resumed run forgets the score, and its first validation overwrites the best-model file
+    even when it is worse.
+    """
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        checkpoint = self.saver._key_metric_checkpoint
+        return {} if checkpoint is None else dict(checkpoint.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.saver._key_metric_checkpoint is not None:
+            self.saver.load_state_dict(state)
+
+
+def saved_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of every ``checkpoint_epoch=<n>.pt`` in ``ckpt_dir``, oldest first."""
     found = []
     for path in glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{CHECKPOINT_PREFIX}_epoch=*.pt")):
         match = _EPOCH_PATTERN.search(os.path.basename(path))
         if match:
             found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """Path of ``checkpoint_epoch=<n>.pt`` with the largest ``n`` in ``ckpt_dir`` (None when there is none)."""
+    found = saved_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
 
 
 class ResumableCheckpoint:
@@ -101,6 +126,8 @@ class ResumableCheckpoint:
         ckpt_dir: folder of ``checkpoint_epoch=<n>.pt``.
         objects: name -> object with ``state_dict``/``load_state_dict`` (networks, optimisers, EMA model,
             LR scheduler, ...). The trainer itself is added as ``"trainer"`` (epoch and iteration counters).
+            A ``CheckpointSaver`` saves its best score (``BestModelState``); None entries (handlers
+            disabled on this rank) are left out.
         engine_attributes: engine attributes created only when the run starts (``"scaler"`` of
             ``SupervisedTrainer``); see ``EngineAttributeState``.
         save_interval: epochs between saves (the last epoch is always saved).
@@ -135,7 +162,10 @@ class ResumableCheckpoint:
         self._trained_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        objects = {"trainer": engine, **self.objects}
+        objects = {"trainer": engine}
+        for name, value in self.objects.items():
+            if value is not None:
+                objects[name] = BestModelState(value) if isinstance(value, CheckpointSaver) else value
         for name in self.engine_attributes:
             objects[name] = EngineAttributeState(engine, name)
         if self.resume:
@@ -154,6 +184,20 @@ class ResumableCheckpoint:
                 score_name="epoch",
                 n_saved=self.n_saved,
             )
+            engine.add_event_handler(Events.STARTED, self._started, checkpoint)
+
+    def _started(self, engine: Engine, checkpoint: Checkpoint) -> None:
+        # Files written before a resume count towards n_saved: beyond it the oldest go now, and the rest
+        # are removed in turn as new ones come.
+        found = saved_checkpoints(self.ckpt_dir)
+        if self.n_saved is not None and len(found) > self.n_saved:
+            for _, path in found[: len(found) - self.n_saved]:
+                os.remove(path)
+            found = found[len(found) - self.n_saved :]
+        checkpoint.load_state_dict({"_saved": [(epoch, os.path.basename(path)) for epoch, path in found]})
+        if not engine.has_event_handler(self._epoch_completed, Events.EPOCH_COMPLETED):
+            # Registered now, after every handler attached with the config (validation, best-model saver),
+            # so an epoch's checkpoint holds that epoch's validation result.
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed, checkpoint)
             engine.add_event_handler(Events.COMPLETED, self._completed, checkpoint)
 

@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import VPredictionPrepareBatch
 
-from scripts.text import encode_ids
+from scripts.text import check_context_width, encode_ids
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
         sample_latents: encode to a sample of q(z | image), as the reference recipe does (True), or to its
             mean (False: deterministic latents).
         image_key / prompt_key: batch keys of images and token ids.
+        cross_attention_dim: the UNet's context width; checked against the text encoder's when given.
     """
 
     def __init__(
@@ -51,12 +52,15 @@ class LatentVPredictionPrepareBatch(VPredictionPrepareBatch):
         sample_latents: bool = True,
         image_key: str = "image",
         prompt_key: str = "prompt_ids",
+        cross_attention_dim: int | None = None,
     ) -> None:
         super().__init__(scheduler=scheduler, num_train_timesteps=scheduler.num_train_timesteps, condition_name=None)
         if float(scale_factor) <= 0:
             raise ValueError(f"scale_factor must be > 0, got {scale_factor}.")
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
+        if cross_attention_dim is not None:
+            check_context_width(text_encoder, cross_attention_dim)
         self.scale_factor = float(scale_factor)
         self.sample_latents = bool(sample_latents)
         self.image_key = image_key

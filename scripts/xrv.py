@@ -20,7 +20,6 @@ Two input protocols (``PROTOCOLS``) turn images with intensities in [0, 1] into 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scripts.errors import CxrLdmError
+from scripts.hashing import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ GENERATED = "generated"
 ROLES = (REAL, GENERATED)
 
 
-class XrvWeightsError(RuntimeError):
+class XrvWeightsError(CxrLdmError, RuntimeError):
     """The torchxrayvision weights file is missing or is not the expected one."""
 
 
@@ -123,14 +124,6 @@ def to_network_input(images: torch.Tensor, protocol: str | XrvProtocol = "xrv", 
     return images * (protocol.generated_scale if role == GENERATED else 1.0)
 
 
-def sha256_of(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_densenet_state(path: str, sha256: str | None) -> dict:
     """State dict from either a plain state-dict file or torchxrayvision's release file.
 
@@ -140,7 +133,7 @@ def _read_densenet_state(path: str, sha256: str | None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as safe_error:  # the release file needs full unpickling
-        if sha256 is None or sha256_of(path) != sha256:
+        if sha256 is None or file_digest(path) != sha256:
             raise XrvWeightsError(
                 f"'{path}' is neither a plain state dict nor the official torchxrayvision file "
                 f"(SHA-256 {sha256}); delete it and {XRV_DOWNLOAD_HELP}. ({type(safe_error).__name__})"

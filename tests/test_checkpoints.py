@@ -127,3 +127,18 @@ def test_corrupted_wrong_and_unsafe_files_give_clear_errors(tmp_path):
     assert load_weights(parser.get_parsed_content("autoencoder_def"), tmp_path / "checkpoint.pt", key="autoencoder")
     with pytest.raises(CheckpointError, match="does not hold a state dict"):
         load_weights(autoencoder, tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("key", ["autoencoder_def", "network_def"])
+@pytest.mark.parametrize("load_old", [True, False])
+def test_a_file_lacking_tensors_is_refused_in_both_layouts(key, load_old, tmp_path):
+    """A checkpoint without some tensor never loads: those tensors would keep their random values."""
+    parser = tiny_parser()
+    torch.manual_seed(0)
+    source = _generative_twin(parser, key) if load_old else parser.get_parsed_content(key)
+    state = source.state_dict()
+    # a tensor that keeps its name in both layouts (the last convolution)
+    del state[[k for k in state if k.endswith("weight") and "conv" in k][-1]]
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"partial\.pt' (lacks \d+ tensors|does not fit)"):
+        load_weights(parser.get_parsed_content(key), tmp_path / "partial.pt", load_old=load_old)

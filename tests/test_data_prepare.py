@@ -144,10 +144,15 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
     metadata = pd.read_csv(copy / METADATA_CSV, dtype={"dicom_id": str})
     pa = metadata[metadata["ViewPosition"] == "PA"].drop_duplicates("study_id").reset_index(drop=True)
     path_of = lambda row, name: copy / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / name  # noqa: E731
-    corrupt, sectionless, missing = pa.iloc[0], pa.iloc[1], pa.iloc[2]
+    corrupt, sectionless, missing, headerless = pa.iloc[0], pa.iloc[1], pa.iloc[2], pa.iloc[3]
     image = path_of(corrupt, f"s{corrupt.study_id}/{corrupt.dicom_id}.jpg")
     image.write_bytes(image.read_bytes()[:200])  # truncated JPEG
-    path_of(sectionless, f"s{sectionless.study_id}.txt").write_text(" EXAMINATION: CHEST\n\n INDICATION: ___\n\n Lungs clear.\n")
+    path_of(sectionless, f"s{sectionless.study_id}.txt").write_text(" EXAMINATION: CHEST\n\n INDICATION: ___\n\n COMPARISON: None.\n")
+    # no FINDINGS/IMPRESSION header: the last paragraph is the report's text, as in MIMIC-CXR's extractor
+    path_of(headerless, f"s{headerless.study_id}.txt").write_text(
+        "                                 FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n\n"
+        " Heart size is normal.\n\n Small left pleural effusion. No pneumothorax.\n"
+    )
     path_of(missing, f"s{missing.study_id}.txt").unlink()
 
     output = tmp_path / "prepared"
@@ -155,6 +160,7 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
     assert summary["images_unreadable"] == 1
     assert summary["reports_without_sections"] == 1
     assert summary["reports_missing"] == 1
+    assert summary["reports_from_last_paragraph"] == 1
     pa_count = (metadata["ViewPosition"] == "PA").sum()
     skipped_pa = metadata[(metadata["ViewPosition"] == "PA") & metadata["study_id"].isin([sectionless.study_id, missing.study_id])]
     assert summary["images_skipped"] == 1 + len(skipped_pa)
@@ -163,9 +169,11 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
     skipped = pd.read_csv(output / "skipped.csv", dtype={"dicom_id": str})
     reasons = dict(zip(skipped["dicom_id"], skipped["reason"]))
     assert reasons[corrupt.dicom_id].startswith("unreadable image")
-    assert reasons[sectionless.dicom_id] == "report has no FINDINGS/IMPRESSION"
+    assert reasons[sectionless.dicom_id] == "report has no FINDINGS/IMPRESSION and no usable last paragraph"
     assert reasons[missing.dicom_id] == "no report"
     assert not set(reasons) & kept
+    fallback = next(item for item in _all_items(load_datalist(output)) if item["dicom_id"] == headerless.dicom_id)
+    assert fallback["sentences"] == ["Small left pleural effusion.", "No pneumothorax."]
     assert json.loads((output / "summary.json").read_text()) == summary
 
 

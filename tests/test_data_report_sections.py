@@ -202,3 +202,33 @@ def test_report_sentences_are_findings_then_impression_in_order():
     text = " IMPRESSION:\n 1. Effusion.\n 2. Cardiomegaly.\n\n FINDINGS: Large left\n effusion.  Big heart.\n"
     assert report_sentences(text) == ["Large left effusion.", "Big heart.", "Effusion.", "Cardiomegaly."]
     assert report_sentences(" INDICATION: cough.\n") == []
+
+
+def test_report_header_holds_the_findings():
+    text = (
+        "                                 FINAL REPORT\n"
+        " EXAMINATION:  Chest radiograph.\n\n"
+        " REPORT:  The heart is mildly enlarged.  Small right pleural effusion.\n\n"
+        " NOTIFICATION:  Discussed with the team.\n"
+    )
+    assert report_sentences(text) == ["The heart is mildly enlarged.", "Small right pleural effusion."]
+
+
+@pytest.mark.parametrize(
+    "text, sentences, from_fallback",
+    [
+        # no header at all: the last paragraph, as MIMIC-CXR's own extractor does
+        (" Comparison to prior.\n\n Lungs are clear.  No effusion.\n", ["Lungs are clear.", "No effusion."], True),
+        # a trailing named section other than findings/impression is passed over
+        (" Mild cardiomegaly.\n\n COMPARISON: None.\n", ["Mild cardiomegaly."], True),
+        # recognised sections win over the fallback
+        (" FINDINGS: Normal heart.\n\n Trailing text.\n", ["Normal heart.", "Trailing text."], False),
+        (" INDICATION: ___\n\n COMPARISON: None.\n", [], False),
+    ],
+)
+def test_reports_without_sections_fall_back_to_the_last_paragraph(text, sentences, from_fallback):
+    from scripts.report_sections import report_sentences_with_fallback
+
+    found, fallback = report_sentences_with_fallback(text)
+    assert fallback is from_fallback
+    assert found == sentences

@@ -168,6 +168,50 @@ def test_checkpoint_files_are_atomic_and_the_newest_is_found(tmp_path):
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["model.pt"]
 
 
+def _scripted_training(ckpt_dir, max_epochs: int, scores: dict, n_saved: int = 2):
+    """A trainer wired like the training configs: resumable checkpoint, validation each epoch, best-model saver.
+
+    The network's weight is set to the epoch number, so ``best.pt`` tells which epoch it came from;
+    ``scores[epoch]`` is that epoch's validation score (higher is better).
+    """
+    from ignite.engine import Engine, Events
+
+    from scripts.train_checkpoints import AtomicCheckpointSaver, ResumableCheckpoint
+
+    network = torch.nn.Linear(1, 1, bias=False)
+
+    def train_step(engine, batch):
+        with torch.no_grad():
+            network.weight.fill_(float(engine.state.epoch))
+
+    def validate(engine, batch):
+        engine.state.metrics["score"] = scores[trainer.state.epoch]
+
+    trainer, evaluator = Engine(train_step), Engine(validate)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(ckpt_dir), save_dict={"net": network}, save_key_metric=True, key_metric_name="score",
+        key_metric_filename="best.pt",
+    )
+    saver.attach(evaluator)
+    ResumableCheckpoint(str(ckpt_dir), {"net": network, "best_model_saver": saver}, engine_attributes=(),
+                        n_saved=n_saved).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))  # after the checkpoint, as in the configs
+    trainer.run([0], max_epochs=max_epochs)
+
+
+def test_resume_keeps_the_best_model_and_removes_old_checkpoints(tmp_path):
+    """Kill/resume cycles: the best-model file is replaced only by a better score, and at most n_saved
+    checkpoint files ever remain."""
+    scores = {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.8, 5: 0.7, 6: 0.95, 7: 0.1}
+    best_epochs = []
+    for stop in (3, 4, 5, 6, 7):  # each run "dies" after epoch `stop`; the next one resumes
+        _scripted_training(tmp_path, stop, scores)
+        best_epochs.append(torch.load(tmp_path / "best.pt", weights_only=True)["weight"].item())
+        kept = sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt"))
+        assert kept == [f"checkpoint_epoch={stop - 1}.pt", f"checkpoint_epoch={stop}.pt"], kept
+    assert best_epochs == [2, 2, 2, 6, 6], best_epochs
+
+
 def test_scale_factor_is_one_over_latent_std():
     from scripts.scale_factor import estimate_scale_factor
 

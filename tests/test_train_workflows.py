@@ -153,6 +153,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(dataset_dir, tmp_path):
     final = torch.load(tmp_path / "checkpoint_epoch=6.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == 6 * final["trainer"]["epoch_length"] == 36
     assert final["g_optimizer"]["state"], "optimiser state is part of the checkpoint"
+    assert "best_model_saver" in final, "the best score is part of the checkpoint"
+    assert len(list(tmp_path.glob("checkpoint_epoch=*.pt"))) <= 2, "checkpoints_kept holds across a resume"
 
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
