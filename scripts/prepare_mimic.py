@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import zipfile
@@ -159,6 +160,34 @@ def resize_image(source: str, destination: str, short_side: int, quality: int) -
     return destination, ""
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker when the preparing process dies (killed, crashed).
+
+    On Linux the kernel sends SIGKILL to the worker when its parent exits (``PR_SET_PDEATHSIG``);
+    ``_resize_in_worker`` also checks the parent before each image, for other systems.
+    """
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+_PARENT_PID: int | None = None
+
+
+def _resize_in_worker(task: tuple) -> tuple[str, str]:
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)  # orphaned: nobody will use what this worker writes
+    return resize_image(*task)
+
+
 def _progress(iterable, total: int, enabled: bool):
     if not enabled:
         return iterable
@@ -267,8 +296,10 @@ def prepare(
     failed = set()
     workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
     if workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            results = pool.map(resize_image, *zip(*tasks), chunksize=max(1, min(64, len(tasks) // (4 * workers))))
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
+            results = pool.map(_resize_in_worker, tasks, chunksize=max(1, min(64, len(tasks) // (4 * workers))))
             results = list(_progress(results, len(tasks), progress))
     else:
         results = [resize_image(*task) for task in _progress(tasks, len(tasks), progress)]
