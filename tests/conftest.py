@@ -30,22 +30,9 @@ TINY_TEXT_HIDDEN = 32
 
 def make_tiny_text_encoder(hidden: int = TINY_TEXT_HIDDEN, layers: int = 2, seed: int = 0):
     """A 2-layer CLIPTextModel with the CLIP vocabulary and 77 positions (random weights)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from scripts.tiny_text_encoder import make_tiny_text_encoder as make
 
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,
-    )
-    return CLIPTextModel(config).eval()
+    return make(hidden_size=hidden, num_layers=layers, seed=seed)
 
 
 def tiny_parser(*extra_files: str, **overrides):
