@@ -42,18 +42,33 @@ def read_large_files(path: str) -> list[dict]:
     for entry in entries:
         if "path" not in entry or "url" not in entry:
             raise DownloadError(f"'{path}': every entry needs 'path' and 'url', got {entry}.")
+        check_entry_hash(entry)
     return entries
 
 
-def hash_ok(path: str, entry: dict) -> bool:
-    """Whether ``path`` matches the entry's hash (True when the entry publishes none).
+#: Hex digits of a full digest, per ``hash_type`` (what MONAI's ``download_large_files`` compares).
+DIGEST_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 
-    A shorter ``hash_val`` is a prefix of the digest, as in torchvision's file names (``-b8a52dc0.pth``).
-    """
+
+def check_entry_hash(entry: dict) -> None:
+    """Refuse an entry whose ``hash_val`` is neither empty (no published hash) nor a full digest."""
+    hash_type = str(entry.get("hash_type") or "md5").lower()
+    expected = str(entry.get("hash_val") or "").strip().lower()
+    if hash_type not in DIGEST_LENGTHS:
+        raise DownloadError(f"'{entry['path']}': hash_type {hash_type!r} is not one of {sorted(DIGEST_LENGTHS)}.")
+    if expected and (len(expected) != DIGEST_LENGTHS[hash_type] or any(c not in "0123456789abcdef" for c in expected)):
+        raise DownloadError(
+            f"'{entry['path']}': hash_val {expected!r} is not a full {hash_type} digest "
+            f"({DIGEST_LENGTHS[hash_type]} hex digits); write the whole digest or leave it empty."
+        )
+
+
+def hash_ok(path: str, entry: dict) -> bool:
+    """Whether ``path`` matches the entry's full hash (True when the entry publishes none)."""
     expected = str(entry.get("hash_val") or "").strip().lower()
     if not expected:
         return True
-    return file_digest(path, entry.get("hash_type", "md5")).startswith(expected)
+    return file_digest(path, entry.get("hash_type", "md5")) == expected
 
 
 def fetch(url: str, destination: str, timeout: float = 60.0, progress: bool = True) -> str:

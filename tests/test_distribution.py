@@ -180,3 +180,46 @@ def test_github_release_route_finds_the_packed_zip_by_name(http_root, tmp_path, 
     )
     assert asked == [("owner", "cxr-ldm", "v" + version, zip_path.name)]
     assert (tmp_path / "b" / "cxr_ldm" / "configs" / "inference.json").is_file()
+
+
+def test_large_files_yml_holds_full_hashes():
+    entries = download.read_large_files(str(BUNDLE_ROOT / "large_files.yml"))
+    for entry in entries:
+        download.check_entry_hash(entry)  # raises for a prefix such as torchvision's 8-digit file-name tag
+    with pytest.raises(download.DownloadError, match="not a full sha256 digest"):
+        download.check_entry_hash({"path": "x.pth", "hash_type": "sha256", "hash_val": "b8a52dc0"})
+
+
+def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_path):
+    """`python -m monai.bundle download_large_files` on large_files.yml as it is, its URLs pointed at loopback
+    and its hashes at the files served there: MONAI fetches every entry and checks every full hash."""
+    root, base, _ = http_root
+    entries = yaml.safe_load((BUNDLE_ROOT / "large_files.yml").read_text())["large_files"]
+    for index, entry in enumerate(entries):
+        data = os.urandom(1000 + index)
+        (root / f"file{index}").write_bytes(data)
+        entry["url"] = f"{base}/file{index}"
+        for mirror_index in range(len(entry.get("mirrors", []))):
+            entry["mirrors"][mirror_index] = f"{base}/unused{mirror_index}"
+        if entry.get("hash_val"):
+            entry["hash_val"] = hashlib.new(entry["hash_type"], data).hexdigest()
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for index, entry in enumerate(entries):
+        assert (bundle / entry["path"]).read_bytes() == (root / f"file{index}").read_bytes()
+
+    # A wrong full hash is caught by MONAI, so the hashes it checks are really ours.
+    entries[0]["hash_val"] = "0" * len(entries[0]["hash_val"])
+    (bundle / entries[0]["path"]).unlink()
+    (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "hash" in result.stderr.lower()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
+import shutil
 
+import pytest
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT, INFERENCE_CONFIG
@@ -22,7 +26,8 @@ def test_metadata_matches_the_inference_config():
     latent_channels, *latent_size = parser["latent_shape"]
     assert inputs["latent"]["num_channels"] == latent_channels == parser["network_def"]["in_channels"]
     assert inputs["latent"]["spatial_shape"] == latent_size
-    assert inputs["context"]["spatial_shape"] == [77, parser["network_def"]["cross_attention_dim"]]
+    assert inputs["context"]["num_channels"] == 77
+    assert inputs["context"]["spatial_shape"] == [parser["network_def"]["cross_attention_dim"]]
     assert outputs["image"]["spatial_shape"] == [parser["image_size"]] * 2
     assert outputs["image"]["value_range"] == [0, 1] and outputs["image"]["num_channels"] == 1
     # 8x downsampling of the autoencoder (three halvings for four channel levels)
@@ -32,3 +37,66 @@ def test_metadata_matches_the_inference_config():
 
     assert meta["monai_version"] == monai.__version__
     assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+
+
+SCHEMA = BUNDLE_ROOT / "tests" / "schemas" / "meta_schema_20240725.json"
+METADATA = BUNDLE_ROOT / "configs" / "metadata.json"
+
+
+def test_metadata_validates_against_the_model_zoo_schema(tmp_path):
+    """MONAI's own check (``verify_metadata``), offline: the schema is the vendored copy of the one it names."""
+    import jsonschema
+    from monai.bundle import verify_metadata
+
+    meta = json.loads(METADATA.read_text())
+    assert meta["schema"].endswith("/" + SCHEMA.name)
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(meta, schema)  # raises on the first violation
+    shutil.copy(SCHEMA, tmp_path / SCHEMA.name)  # verify_metadata skips downloading a schema file that exists
+    verify_metadata(meta_file=str(METADATA), filepath=str(tmp_path / SCHEMA.name))
+    for section in ("network_data_format", "autoencoder_data_format"):
+        for role in ("inputs", "outputs"):
+            for name, tensor in meta[section][role].items():
+                missing = [k for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range") if k not in tensor]
+                assert not missing, f"{section}.{role}.{name} lacks {missing}"
+
+
+def test_schema_check_rejects_an_input_without_format():
+    import jsonschema
+
+    meta = json.loads(METADATA.read_text())
+    del meta["network_data_format"]["inputs"]["timesteps"]["format"]
+    with pytest.raises(jsonschema.ValidationError, match="'format' is a required property"):
+        jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (BUNDLE_ROOT / "requirements.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;#]+)", line)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def test_recorded_versions_are_the_pinned_and_installed_ones():
+    meta = json.loads(METADATA.read_text())
+    recorded = {**meta["required_packages_version"], "monai": meta["monai_version"], "torch": meta["pytorch_version"],
+                "numpy": meta["numpy_version"]}  # fmt: skip
+    pins = _pins()
+    for package, version in recorded.items():
+        assert pins.get(package.lower()) == version, f"requirements.txt pins {package} to {pins.get(package.lower())}, metadata says {version}"
+        installed = importlib.metadata.version(package).split("+")[0]
+        assert installed == version, f"{package} {installed} is installed, metadata says {version}"
+
+
+def test_model_card_follows_the_model_zoo_template():
+    card = (BUNDLE_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    headings = [line.strip() for line in card.splitlines() if line.startswith("#")]
+    for heading in ("# Model Overview", "## Data", "## Training configuration", "### Input", "### Output",
+                    "## Performance", "## MONAI Bundle Commands", "## Export", "# References", "# License"):  # fmt: skip
+        assert heading in headings, f"docs/README.md lacks '{heading}'"
+    assert "**Authors**" in card and "**Tags**" in card
+    assert "not supported" in card.split("## Export", 1)[1].split("\n#", 1)[0]
+    terms = (BUNDLE_ROOT / "docs" / "data_license.txt").read_text(encoding="utf-8")
+    assert "PhysioNet Credentialed Health Data License" in terms and "data use agreement" in terms
