@@ -3,7 +3,7 @@
 Quality parity between samplers (``sampling_benchmark.py --parity_model_dir``) needs a model whose
 probability-flow ODE has learned structure; random weights do not. This trains the tiny architecture of
 ``tests/configs/tiny_inference.json`` (autoencoder (8,16,16,16), UNet (32,64,64), 64 px images, 3×8×8
-latents) on images and report sentences drawn by ``scripts.synthetic_mimic``, with the bundle's recipe
+latents) on images and report sentences drawn by ``scripts.data.synthetic``, with the bundle's recipe
 reduced to its core: L1 + KL autoencoder, then v-prediction MSE on the model's noise schedule with the
 null prompt substituted 10 % of the time. It is a benchmark fixture, not the bundle's training (which is
 ``configs/train_*.json``).
@@ -49,7 +49,7 @@ def tiny_text_encoder(hidden: int = 32, seed: int = 0):
 
 def synthetic_set(num_images: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Images (N, 1, size, size) in [0, 1] and one prompt per image (1-5 of its report sentences)."""
-    from scripts.synthetic_mimic import draw_findings, draw_radiograph, write_report
+    from scripts.data.synthetic import draw_findings, draw_radiograph, write_report
 
     rng = np.random.default_rng(seed)
     images, prompts = [], []
@@ -66,7 +66,7 @@ def train(output_dir: str, minutes: float = 8.0, num_images: int = 512, batch_si
     """Train autoencoder (1/4 of ``minutes``) then UNet (3/4); write autoencoder.pt, model.pt, text_encoder/, parity_model.json."""
     from monai.networks.schedulers import DDPMScheduler
 
-    from scripts.text import encode_ids, load_tokenizer, prompt_ids
+    from scripts.networks.text import encode_ids, load_tokenizer, prompt_ids
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -114,8 +114,8 @@ def build_networks(parser, device: torch.device, seed: int = 0):
 
     Timing does not depend on the weights, so a machine without the released files can still run it.
     """
-    from scripts.checkpoints import load_weights
-    from scripts.text import load_text_encoder
+    from scripts.networks.weights import load_weights
+    from scripts.networks.text import load_text_encoder
 
     torch.manual_seed(seed)
     networks, sources = {}, {}
@@ -146,8 +146,8 @@ def build_networks(parser, device: torch.device, seed: int = 0):
 
 
 def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
-    from scripts.sampler import GuidedLatentSampler
-    from scripts.schedulers import build_scheduler
+    from scripts.sampling.sampler import GuidedLatentSampler
+    from scripts.networks.schedulers import build_scheduler
 
     return GuidedLatentSampler(
         autoencoder=networks["autoencoder"], text_encoder=networks["text_encoder"],
@@ -164,8 +164,8 @@ def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
 def time_recipe(parser, networks, unet, settings: dict, batch_size: int, timed_steps: int | None,
                 repeats: int, device: torch.device, cache_null: bool) -> dict:  # fmt: skip
     """Seconds per image of one recipe and its parts (medians), with the peak memory of its timed runs."""
-    from scripts.sampler import initial_latents
-    from scripts.text import encode_ids, prompt_ids
+    from scripts.sampling.sampler import initial_latents
+    from scripts.networks.text import encode_ids, prompt_ids
 
     steps = int(settings["num_inference_steps"])
     run_steps = steps if timed_steps is None else min(int(timed_steps), steps)
@@ -212,8 +212,8 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
     exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias towards.
     """
     from benchmarks.parity_model import TINY_OVERLAY, synthetic_set
-    from scripts import xrv
-    from scripts.sampler import initial_latents
+    from scripts.evaluation import xrv
+    from scripts.sampling.sampler import initial_latents
 
     info = json.loads((Path(model_dir) / "parity_model.json").read_text())
     files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), str(TINY_OVERLAY)]

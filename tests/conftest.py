@@ -30,7 +30,7 @@ TINY_TEXT_HIDDEN = 32
 
 def make_tiny_text_encoder(hidden: int = TINY_TEXT_HIDDEN, layers: int = 2, seed: int = 0):
     """A 2-layer CLIPTextModel with the CLIP vocabulary and 77 positions (random weights)."""
-    from scripts.tiny_text_encoder import make_tiny_text_encoder as make
+    from scripts.networks.tiny_text_encoder import make_tiny_text_encoder as make
 
     return make(hidden_size=hidden, num_layers=layers, seed=seed)
 
@@ -81,7 +81,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from scripts.text import load_tokenizer
+    from scripts.networks.text import load_tokenizer
 
     return load_tokenizer(TOKENIZER_DIR)
 

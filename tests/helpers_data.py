@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.prepare_mimic import prepare
-from scripts.synthetic_mimic import generate
+from scripts.data.prepare import prepare
+from scripts.data.synthetic import generate
 
 
 def make_synthetic_mimic(tmp_dir, num_subjects: int = 12, image_size: int = 80, seed: int = 0, reports: str = "tree") -> Path:

@@ -24,13 +24,14 @@ def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = 
     files = [
         CONFIGS / "inference.json",
         CONFIGS / "data.json",
+        CONFIGS / "train.json",
         CONFIGS / f"train_{stage}.json",
         TEST_CONFIGS / "tiny_inference.json",
         TEST_CONFIGS / "tiny_train.json",
         TEST_CONFIGS / f"tiny_train_{stage}.json",
     ]
     if multi_gpu:
-        files.append(CONFIGS / f"multi_gpu_train_{stage}.json")
+        files.append(CONFIGS / "multi_gpu_train.json")
     files.extend(Path(f) for f in extra)
     return [str(f) for f in files]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import randomize_zero_layers, run_inference, tiny_parser
-from scripts.checkpoints import CheckpointError, load_weights
+from scripts.networks.weights import CheckpointError, load_weights
 
 
 def _generative_twin(parser, key: str):

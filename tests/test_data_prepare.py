@@ -19,10 +19,11 @@ from helpers_data import load_datalist, make_synthetic_mimic
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-import scripts.prepare_mimic as prepare_mimic
+import scripts.data.prepare as prepare_mimic
+from scripts.common.files import is_temporary, temporary_path
 from conftest import BUNDLE_ROOT
-from scripts.prepare_mimic import PreparationError, prepare
-from scripts.synthetic_mimic import FINDINGS_CSV, METADATA_CSV, SPLIT_CSV
+from scripts.data.prepare import PreparationError, prepare
+from scripts.data.synthetic import FINDINGS_CSV, METADATA_CSV, SPLIT_CSV
 
 SHORT_SIDE = 64
 
@@ -117,8 +118,8 @@ def test_interrupted_run_resumes_without_redoing_finished_images(raw_root, prepa
     def resize_then_interrupt(*args):
         if len(calls) == 5:
             # a crash in the middle of writing the 6th image leaves a partial file behind
-            Path(args[1] + prepare_mimic.TEMPORARY_SUFFIX).parent.mkdir(parents=True, exist_ok=True)
-            Path(args[1] + prepare_mimic.TEMPORARY_SUFFIX).write_bytes(b"\xff\xd8 half a jpeg")
+            Path(temporary_path(args[1])).parent.mkdir(parents=True, exist_ok=True)
+            Path(temporary_path(args[1])).write_bytes(b"\xff\xd8 half a jpeg")
             raise KeyboardInterrupt
         calls.append(args[1])
         return real_resize(*args)
@@ -135,7 +136,7 @@ def test_interrupted_run_resumes_without_redoing_finished_images(raw_root, prepa
     assert summary["images_already_done"] == 5
     assert summary["images_written"] == prepared[1]["images_written"] - 5
     assert {path: Path(path).stat().st_mtime_ns for path in finished} == finished  # not rewritten
-    assert not list(output.rglob("*" + prepare_mimic.TEMPORARY_SUFFIX))
+    assert not [path for path in output.rglob("*") if is_temporary(path)]
     assert load_datalist(output) == load_datalist(prepared[0])
 
     again = prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
@@ -269,7 +270,7 @@ def test_killing_preparation_ends_its_workers(raw_root, tmp_path):
     # Each image takes 1 s in the workers, so without the fix a worker would go on through its chunk.
     code = (
         "import sys, time\n"
-        "import scripts.prepare_mimic as prepare_mimic\n"
+        "import scripts.data.prepare as prepare_mimic\n"
         "resize = prepare_mimic.resize_image\n"
         "def slow(*task):\n"
         "    time.sleep(1.0)\n"

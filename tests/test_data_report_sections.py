@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.report_sections import classify_header, extract_sections, report_sentences, split_sentences
+from scripts.data.report_sections import classify_header, extract_sections, report_sentences, split_sentences
 
 PREAMBLE = " EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with cough  // eval for pneumonia\n \n COMPARISON:  None.\n \n"
 
@@ -227,7 +227,7 @@ def test_report_header_holds_the_findings():
     ],
 )
 def test_reports_without_sections_fall_back_to_the_last_paragraph(text, sentences, from_fallback):
-    from scripts.report_sections import report_sentences_with_fallback
+    from scripts.data.report_sections import report_sentences_with_fallback
 
     found, fallback = report_sentences_with_fallback(text)
     assert fallback is from_fallback

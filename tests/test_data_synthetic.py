@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scripts.synthetic_mimic import (
+from scripts.data.synthetic import (
     CHEXPERT_CSV,
     FINDINGS_CSV,
     METADATA_COLUMNS,

@@ -15,8 +15,8 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from conftest import BUNDLE_ROOT, tiny_parser
-from scripts.text import null_prompt_ids, tokenize
-from scripts.transforms import RandNullPromptd, RandSentenceSubsetd, Tokenized
+from scripts.networks.text import null_prompt_ids, tokenize
+from scripts.data.transforms import RandNullPromptd, RandSentenceSubsetd, Tokenized
 
 DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 SENTENCES = [f"Sentence number {i}." for i in range(8)]

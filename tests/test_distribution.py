@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import BUNDLE_ROOT, TINY_OVERLAY, read_png
-from scripts import download, pack
+from scripts.distribution import download, pack
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -113,7 +113,7 @@ def test_text_encoder_target_converts_openclip_checkpoint(http_root, tmp_path):
     large_files = tmp_path / "large_files.yml"
     large_files.write_text(yaml.safe_dump({"large_files": [entry]}))
     download.main("text_encoder", bundle_dir=str(tmp_path), large_files=str(large_files))
-    from scripts.text import load_text_encoder
+    from scripts.networks.text import load_text_encoder
 
     model = load_text_encoder(str(tmp_path / "models" / "text_encoder"))
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 64

@@ -68,6 +68,11 @@ def _fire_parameters(module: str) -> set[str] | None:
     assert path.is_file(), f"module {module} does not exist"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     functions = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    for node in tree.body:  # an entry-point module imports its functions from the implementing module
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("scripts.", "benchmarks.")):
+            source = ast.parse((BUNDLE_ROOT / (node.module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+            imported = {alias.name for alias in node.names}
+            functions.update({n.name: n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name in imported})
     calls = [
         node for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Fire"

@@ -1,4 +1,4 @@
-"""FID (scripts.fid): agreement with an independent NumPy/SciPy computation, behaviour, feature cache."""
+"""FID (scripts.evaluation.fid): agreement with an independent NumPy/SciPy computation, behaviour, feature cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from scripts import fid, xrv
+from scripts.evaluation import fid, xrv
 from helpers_eval import random_densenet_file, smooth_images, write_png_folder
 
 

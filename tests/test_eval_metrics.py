@@ -1,4 +1,4 @@
-"""Reconstruction and diversity metrics (scripts.metrics) on small synthetic images."""
+"""Reconstruction and diversity metrics (scripts.evaluation.metrics) on small synthetic images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import metrics
+from scripts.evaluation import metrics
 from helpers_eval import noise_images, smooth_images
 
 SMALL = {"kernel_size": 3}  # 64 px images: 5 scales need kernel < 64 // 16 + 1

@@ -16,7 +16,7 @@ DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 EVALUATE_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate.json")
 RECONSTRUCTION_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate_reconstruction.json")
 
-# 64 px images: MS-SSIM with 5 scales needs a 3-px kernel (see scripts/metrics.py)
+# 64 px images: MS-SSIM with 5 scales needs a 3-px kernel (see scripts/evaluation/metrics.py)
 SMALL_MS_SSIM = {"msssim_kernel_size": 3}
 FINDINGS = [
     {"finding": "Pleural Effusion", "prompt": "Large right pleural effusion.", "xrv_label": "Effusion"},

@@ -1,12 +1,12 @@
-"""torchxrayvision loading and input protocols (scripts.xrv), on the real architecture with random weights."""
+"""torchxrayvision loading and input protocols (scripts.evaluation.xrv), on the real architecture with random weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scripts import xrv
-from scripts.hashing import file_digest
+from scripts.evaluation import xrv
+from scripts.common.hashing import file_digest
 from helpers_eval import InputRecorder, random_densenet_file, smooth_images
 
 

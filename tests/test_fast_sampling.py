@@ -22,8 +22,8 @@ from helpers_sampling import (
     fill_zero_initialised,
     mean_context,
 )
-from scripts.dpm_solver import DPMSolverPlusPlusScheduler
-from scripts.schedulers import build_scheduler
+from scripts.networks.dpm_solver import DPMSolverPlusPlusScheduler
+from scripts.networks.schedulers import build_scheduler
 
 STD = torch.tensor([0.3, 0.7, 1.2])  # per-channel data std, around the 0.3-scaled latents' ~0.37
 
@@ -132,7 +132,7 @@ def test_dpmpp_2m_converges_to_exact_gaussian_solution_in_few_steps(gaussian_pro
 @pytest.mark.parametrize("batched_guidance", [True, False])
 def test_guided_sampler_with_dpmpp_2m_reaches_exact_guided_solution(batched_guidance, gaussian_problem):
     """The bundle's sampler loop, guidance 7: for Gaussian branches the guided ODE has an exact answer too."""
-    from scripts.sampler import GuidedLatentSampler
+    from scripts.sampling.sampler import GuidedLatentSampler
 
     mu_cond, x_start, model = gaussian_problem
     mu_uncond = torch.zeros_like(mu_cond)
@@ -181,7 +181,7 @@ def tiny_switch_models(tmp_path_factory):
 
 def _sample(model_dir, **overrides):
     """Clean latents and images from the config's sampler, 2 prompts, 8 DPM-Solver++ steps."""
-    from scripts.sampler import initial_latents
+    from scripts.sampling.sampler import initial_latents
 
     settings = {"scheduler_name": "dpmpp_2m", "num_inference_steps": 8, "batched_guidance": False, **overrides}
     parser = tiny_parser(model_dir=str(model_dir), text_encoder_source=str(model_dir / "text_encoder"), load_old=False, **settings)

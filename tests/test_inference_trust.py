@@ -23,7 +23,7 @@ from conftest import (
     run_inference,
     tiny_parser,
 )
-from scripts.errors import excepthook, root_cause
+from scripts.common.errors import excepthook, root_cause
 
 
 def _manifest(output_dir: Path) -> list[dict]:
@@ -106,7 +106,7 @@ def test_non_finite_latents_are_never_written(model_copy, tmp_path):
 
 def test_ddpm_step_noise_is_independent_of_other_images_initial_noise(tiny_model_dir):
     """Image s's per-step noise must not come from the generator that draws image s+1's initial noise."""
-    from scripts.sampler import initial_latents
+    from scripts.sampling.sampler import initial_latents
 
     parser = tiny_parser(
         model_dir=str(tiny_model_dir),
@@ -160,7 +160,7 @@ def test_text_encoder_width_mismatch_fails_when_built(tmp_path, tiny_model_dir):
     ],
 )
 def test_file_names_keep_letters_of_any_script(prompt, expected):
-    from scripts.prompts import sampling_jobs
+    from scripts.sampling.jobs import sampling_jobs
 
     name = sampling_jobs(prompt=prompt, seed=3)[0]["name"]
     assert name.startswith(f"00000_{expected}_seed3_"), name
@@ -175,7 +175,7 @@ def test_wrapped_config_errors_end_with_the_bundle_message(tiny_model_dir, tmp_p
     stream = io.StringIO()
     excepthook(info.type, info.value, info.tb, file=stream)
     lines = stream.getvalue().rstrip().splitlines()
-    assert lines[-1] == "PromptsError: --output_format 'tiff' is not supported: choose one of ['png', 'jpg', 'pt']."
+    assert lines[-1] == "SettingsError: --output_format 'tiff' is not supported: choose one of ['png', 'jpg', 'pt']."
     assert any("Failed to evaluate" in line for line in lines[:-1])  # the whole traceback is still there
 
 
@@ -193,5 +193,5 @@ def test_cli_error_from_another_directory_ends_with_one_line(tiny_model_dir, tmp
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     last = result.stderr.rstrip().splitlines()[-1]
-    assert last == "PromptsError: --guidance_scale must be a finite number, got nan.", result.stderr[-2000:]
+    assert last == "SettingsError: --guidance_scale must be a finite number, got nan.", result.stderr[-2000:]
     assert not (tmp_path / "out").exists()

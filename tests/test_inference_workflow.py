@@ -179,7 +179,7 @@ def test_text_encoder_and_tokenizer_sources_are_used(baseline_image, tiny_model_
     pipeline = tmp_path / "pipeline"
     make_tiny_text_encoder(seed=1).save_pretrained(pipeline / "text_encoder")
     torch.testing.assert_close(_generate(tiny_model_dir, tmp_path / "pipe", text_encoder_source=str(pipeline)), changed)
-    from scripts.text import TextEncoderNotFoundError
+    from scripts.networks.text import TextEncoderNotFoundError
 
     with pytest.raises(Exception) as info:
         _generate(tiny_model_dir, tmp_path / "missing", text_encoder_source=str(tmp_path / "nowhere"))

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 import pytest
 from conftest import TOKENIZER_DIR, make_tiny_text_encoder
-from scripts import text
+from scripts.networks import text
 
 
 def test_shipped_tokenizer_is_the_clip_vocabulary(tokenizer):

@@ -11,8 +11,8 @@ from helpers_data import make_prepared_synthetic
 
 from conftest import make_tiny_text_encoder, tiny_parser
 
-DIFFUSION = ("configs/data.json", "configs/train_diffusion.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_diffusion.json")
-AUTOENCODER = ("configs/data.json", "configs/train_autoencoder.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_autoencoder.json")
+DIFFUSION = ("configs/data.json", "configs/train.json", "configs/train_diffusion.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_diffusion.json")
+AUTOENCODER = ("configs/data.json", "configs/train.json", "configs/train_autoencoder.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_autoencoder.json")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def _hand_alphas_cumprod() -> torch.Tensor:
 
 
 def test_v_target_and_noising_match_a_hand_computation(tokenizer):
-    from scripts.text import encode_ids, tokenize
-    from scripts.train_diffusion import LatentVPredictionPrepareBatch
+    from scripts.networks.text import encode_ids, tokenize
+    from scripts.training.diffusion import LatentVPredictionPrepareBatch
 
     parser = tiny_parser(*DIFFUSION)
     torch.manual_seed(1)
@@ -66,21 +66,21 @@ def test_v_target_and_noising_match_a_hand_computation(tokenizer):
         seen.update(x=x, timesteps=timesteps, context=context)
         return torch.zeros_like(x)
 
-    parser.get_parsed_content("train_inferer")(latents, recording_unet, **kwargs)
+    parser.get_parsed_content("train#inferer")(latents, recording_unet, **kwargs)
     torch.testing.assert_close(seen["x"], alpha_bar.sqrt() * expected_latents + (1 - alpha_bar).sqrt() * noise, rtol=1e-5, atol=1e-6)
     assert seen["context"] is kwargs["condition"] and torch.equal(seen["timesteps"], timesteps)
 
 
 def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
-    from scripts.text import encode_ids, null_prompt_ids, tokenize
-    from scripts.train_diffusion import LatentVPredictionPrepareBatch
+    from scripts.networks.text import encode_ids, null_prompt_ids, tokenize
+    from scripts.training.diffusion import LatentVPredictionPrepareBatch
     from monai.data import DataLoader, Dataset
     from monai.utils import set_determinism
 
     parser = tiny_parser(*DIFFUSION, dataset_dir=str(dataset_dir), null_prompt_prob=0.5)
     set_determinism(seed=0)
-    transforms = parser.get_parsed_content("train_transforms")
-    data = parser.get_parsed_content("train_datalist") * 8
+    transforms = parser.get_parsed_content("train#preprocessing")
+    data = parser.get_parsed_content("train#datalist") * 8
     batch = next(iter(DataLoader(Dataset(data, transforms), batch_size=len(data), shuffle=False)))
     null_ids = null_prompt_ids(tokenizer, parser["null_prompt"])
     dropped = [i for i, report in enumerate(batch["report"]) if report == ""]
@@ -105,7 +105,7 @@ def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
 
 
 def test_kl_loss_closed_form():
-    from scripts.train_autoencoder import kl_loss
+    from scripts.training.autoencoder import kl_loss
 
     assert kl_loss(torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)).item() == 0.0
     mu, sigma = torch.full((2, 3, 4, 4), 0.5), torch.full((2, 3, 4, 4), 2.0)
@@ -116,7 +116,7 @@ def test_kl_loss_closed_form():
 def test_lpips_backbone_is_read_from_a_local_file(tmp_path):
     from torchvision.models import squeezenet1_1
 
-    from scripts.train_autoencoder import LPIPSLoss
+    from scripts.training.autoencoder import LPIPSLoss
 
     with pytest.raises(FileNotFoundError, match="squeezenet1_1"):
         LPIPSLoss(str(tmp_path / "squeezenet1_1-b8a52dc0.pth"))
@@ -136,8 +136,8 @@ def test_lpips_backbone_is_read_from_a_local_file(tmp_path):
 def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(dataset_dir):
     parser = tiny_parser(*AUTOENCODER, dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1,
                          adversarial_start_epoch=2)
-    parser["train_handlers"] = []
-    trainer = parser.get_parsed_content("trainer")
+    parser["train#handlers"] = []
+    trainer = parser.get_parsed_content("train#trainer")
     discriminator = parser.get_parsed_content("discriminator")
     autoencoder = parser.get_parsed_content("autoencoder")
     d_before = [p.detach().clone() for p in discriminator.parameters()]
@@ -153,7 +153,7 @@ def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(da
 
 
 def test_checkpoint_files_are_atomic_and_the_newest_is_found(tmp_path):
-    from scripts.train_checkpoints import AtomicDiskSaver, latest_checkpoint
+    from scripts.training.checkpoints import AtomicDiskSaver, latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
     saver = AtomicDiskSaver(str(tmp_path))
@@ -176,7 +176,7 @@ def _scripted_training(ckpt_dir, max_epochs: int, scores: dict, n_saved: int = 2
     """
     from ignite.engine import Engine, Events
 
-    from scripts.train_checkpoints import AtomicCheckpointSaver, ResumableCheckpoint
+    from scripts.training.checkpoints import AtomicCheckpointSaver, ResumableCheckpoint
 
     network = torch.nn.Linear(1, 1, bias=False)
 
@@ -213,7 +213,7 @@ def test_resume_keeps_the_best_model_and_removes_old_checkpoints(tmp_path):
 
 
 def test_scale_factor_is_one_over_latent_std():
-    from scripts.scale_factor import estimate_scale_factor
+    from scripts.training.scale_factor import estimate_scale_factor
 
     class Scaler(torch.nn.Module):
         """Stand-in autoencoder whose latents are the images times 4."""
@@ -228,3 +228,28 @@ def test_scale_factor_is_one_over_latent_std():
     assert estimate_scale_factor(Scaler(), images, num_images=20, batch_size=6) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="num_scale_images"):
         estimate_scale_factor(Scaler(), images, num_images=0)
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
+def test_train_workflow_properties_are_complete(stage, dataset_dir, tmp_path):
+    """MONAI's train-workflow check finds every model-zoo section (train#trainer, train#dataset, ...)."""
+    from monai.bundle import ConfigWorkflow
+
+    from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY
+
+    files = [INFERENCE_CONFIG, str(BUNDLE_ROOT / "configs" / "data.json"), str(BUNDLE_ROOT / "configs" / "train.json"),
+             str(BUNDLE_ROOT / "configs" / f"train_{stage}.json"), TINY_OVERLAY,
+             *(str(BUNDLE_ROOT / f) for f in (DIFFUSION if stage == "diffusion" else AUTOENCODER)[3:])]  # fmt: skip
+    overrides = {"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(dataset_dir), "train_dir": str(tmp_path)}
+    if stage == "diffusion":
+        text_encoder = tmp_path / "text_encoder"
+        make_tiny_text_encoder().save_pretrained(text_encoder)
+        torch.save(tiny_parser().get_parsed_content("autoencoder_def").state_dict(), tmp_path / "autoencoder.pt")
+        overrides.update(text_encoder_source=str(text_encoder), autoencoder_path=str(tmp_path / "autoencoder.pt"))
+    workflow = ConfigWorkflow(config_file=files, workflow_type="train", logging_file=False,
+                              meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"), **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    parser = workflow.parser
+    assert parser["train"]["handlers"][1]["validator"].replace("::", "#") == "@validate#evaluator"
+    assert parser.get_parsed_content("train#trainer").state.max_epochs == parser.get_parsed_content("max_epochs")

@@ -19,7 +19,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 
-from scripts.text import MAX_TOKENS, tokenize
+from scripts.networks.text import MAX_TOKENS, tokenize
 
 
 def to_grayscale(image):
@@ -83,7 +83,7 @@ class Tokenized(MapTransform):
 
     Args:
         keys: key of the text (``"report"``).
-        tokenizer: the bundle's tokenizer (``scripts.text.load_tokenizer``).
+        tokenizer: the bundle's tokenizer (``scripts.networks.text.load_tokenizer``).
         output_key: key of the ids (``"prompt_ids"``).
     """
 
@@ -106,7 +106,7 @@ class RandNullPromptd(RandomizableTransform, MapTransform):
 
     Args:
         keys: key of the ids (``"prompt_ids"``), LongTensor (77,).
-        null_prompt_ids: LongTensor (77,), ``scripts.text.null_prompt_ids(tokenizer, style)`` — the one
+        null_prompt_ids: LongTensor (77,), ``scripts.networks.text.null_prompt_ids(tokenizer, style)`` — the one
             null prompt that sampling also uses.
         prob: probability of the replacement (0.1 in the released recipe).
         text_key: key of the text that the ids came from; set to ``""`` on replacement (``None``: leave it).
@@ -125,7 +125,7 @@ class RandNullPromptd(RandomizableTransform, MapTransform):
             raise ValueError(f"null_prompt_prob must be in [0, 1], got {prob}.")
         RandomizableTransform.__init__(self, prob=float(prob))
         if null_prompt_ids is None or tuple(torch.as_tensor(null_prompt_ids).shape) != (MAX_TOKENS,):
-            raise ValueError(f"null_prompt_ids must be a LongTensor of shape ({MAX_TOKENS},): pass scripts.text.null_prompt_ids(@tokenizer, @null_prompt).")
+            raise ValueError(f"null_prompt_ids must be a LongTensor of shape ({MAX_TOKENS},): pass scripts.networks.text.null_prompt_ids(@tokenizer, @null_prompt).")
         self.null_prompt_ids = torch.as_tensor(null_prompt_ids, dtype=torch.long)
         self.text_key = text_key
 

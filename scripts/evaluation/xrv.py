@@ -1,7 +1,7 @@
 """The torchxrayvision DenseNet-121 (``densenet121-res224-all``): loading, input protocols, features, scores.
 
 The same network serves two evaluation purposes: its 1024-d pooled features are the embedding of the
-FID (see ``scripts.fid``), and its 18 pathology outputs score prompt adherence (``scripts.evaluate``).
+FID (see ``scripts.evaluation.fid``), and its 18 pathology outputs score prompt adherence (``scripts.evaluation.workflow``).
 
 Weights never come from torchxrayvision's own downloader (it fetches from GitHub at construction time):
 the network is built with ``DenseNet(weights=None)`` and filled from a local file that
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from scripts.errors import CxrLdmError
-from scripts.hashing import file_digest
+from scripts.common.errors import CxrLdmError
+from scripts.common.hashing import file_digest
 
 logger = logging.getLogger(__name__)
 

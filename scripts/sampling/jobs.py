@@ -4,8 +4,9 @@ A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}`` plus the sampl
 the file stem of the image (without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``, where the
 hash covers everything that decides the pixels (prompt, negative prompt, seed, and the ``sampling_settings``
 of the config: steps, guidance, scheduler, null prompt, scale factor, precision switches, fingerprints of
-the weights files) and the output format; equal values spelled differently (``7`` and ``7.0``) hash alike. The same command therefore gives the same names (so a re-run skips images
-already written), and names never collide, within a run or across runs with other settings.
+the weights files) and the output format; equal values spelled differently (``7`` and ``7.0``) hash alike.
+The same command therefore gives the same names (so a re-run skips images already written), and names
+never collide, within a run or across runs with other settings.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ import sys
 import unicodedata
 from collections.abc import Sequence
 
-import torch
-from scripts.errors import CxrLdmError
-from scripts.hashing import settings_digest
+from scripts.common.distributed import rank_and_world
+from scripts.common.errors import CxrLdmError
+from scripts.common.hashing import settings_digest
+from scripts.sampling.settings import as_int
+from scripts.sampling.writer import existing_image
 
-
-OUTPUT_FORMATS = ("png", "jpg", "pt")
 PROMPTS_FILE_COLUMNS = ("prompt", "negative_prompt", "seed", "num_samples")
 
 
 class PromptsError(CxrLdmError, ValueError):
-    """Bad prompts, prompts file or sampling settings."""
+    """Bad prompts or prompts file."""
 
 
 def _raw_cli_value(key: str) -> str | None:
@@ -70,16 +71,6 @@ def coerce_text(value, key: str = "prompt") -> str:
     raise PromptsError(f"--{key} must be text, got {type(value).__name__}: {value!r}.")
 
 
-def _as_int(value, what: str, minimum: int) -> int:
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise PromptsError(f"{what} must be an integer, got {value!r}.") from None
-    if number < minimum:
-        raise PromptsError(f"{what} must be >= {minimum}, got {number}.")
-    return number
-
-
 def read_prompts_file(path: str) -> list[dict]:
     """Rows of a prompts file: ``{"prompt", optional "negative_prompt", "seed", "num_samples"}``.
 
@@ -109,9 +100,9 @@ def read_prompts_file(path: str) -> list[dict]:
                 if "negative_prompt" in row:
                     parsed["negative_prompt"] = row["negative_prompt"].strip()
                 if str(row.get("seed", "")).strip():
-                    parsed["seed"] = _as_int(row["seed"], f"seed on line {line_number} of '{path}'", 0)
+                    parsed["seed"] = as_int(row["seed"], f"seed on line {line_number} of '{path}'", 0, error=PromptsError)
                 if str(row.get("num_samples", "")).strip():
-                    parsed["num_samples"] = _as_int(row["num_samples"], f"num_samples on line {line_number} of '{path}'", 0)
+                    parsed["num_samples"] = as_int(row["num_samples"], f"num_samples on line {line_number} of '{path}'", 0, error=PromptsError)
                 rows.append(parsed)
         else:
             rows = [
@@ -159,8 +150,8 @@ def sampling_jobs(
     Each job also carries the settings that decide its pixels, which the saver writes to the manifest.
     """
     settings = dict(settings or {})
-    seed = _as_int(seed, "--seed", 0)
-    num_samples = _as_int(num_samples, "--num_samples", 1)
+    seed = as_int(seed, "--seed", 0, error=PromptsError)
+    num_samples = as_int(num_samples, "--num_samples", 1, error=PromptsError)
     default_negative = coerce_text(negative_prompt, key="negative_prompt")
     if prompts_file:
         rows = read_prompts_file(prompts_file)
@@ -190,18 +181,10 @@ def pending_jobs(jobs: Sequence[dict], output_dir: str, rank: int | None = None,
 
     Under ``torchrun`` (or with ``rank``/``world_size`` given) rank r takes jobs r, r+W, r+2W, ...
     """
-    from scripts.saver import existing_image
-
     if world_size is None:
-        rank, world_size = _distributed_rank()
+        rank, world_size = rank_and_world()
     shard = [job for i, job in enumerate(jobs) if i % world_size == rank]
     return [job for job in shard if existing_image(output_dir, job["name"]) is None]
-
-
-def _distributed_rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def collate_jobs(jobs: Sequence[dict]) -> dict:
@@ -214,62 +197,6 @@ def prepare_job_batch(batchdata: dict, device=None, non_blocking: bool = False, 
     return batchdata, None
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the ``torchrun`` process group (NCCL on GPUs, gloo on CPUs); return (rank, world size)."""
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
-def close_distributed() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def _as_finite(value, what: str, positive: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise PromptsError(f"{what} must be a number, got {value!r}.") from None
-    if not math.isfinite(number):
-        raise PromptsError(f"{what} must be a finite number, got {value}.")
-    if positive and number <= 0:
-        raise PromptsError(f"{what} must be > 0, got {value!r}.")
-    return number
-
-
-def check_settings(
-    output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None, scale_factor=1.0
-) -> None:
-    """Fail early, before any model is loaded or file written, on settings that cannot work."""
-    if device is not None:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PromptsError(f"--device {device} was asked for but CUDA is not available here: use --device cpu.")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise PromptsError(f"--device {device} does not exist: {torch.cuda.device_count()} GPU(s) are visible.")
-    if str(output_format).lower() not in OUTPUT_FORMATS:
-        raise PromptsError(f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}.")
-    _as_int(num_inference_steps, "--num_inference_steps", 1)
-    _as_int(batch_size, "--batch_size", 1)
-    _as_int(num_samples, "--num_samples", 1)
-    _as_finite(guidance_scale, "--guidance_scale")
-    _as_finite(scale_factor, "--scale_factor", positive=True)
-
-
 def report_nothing_to_do(jobs: Sequence[dict], output_dir: str) -> None:
     """Called instead of the sampler when every image (of this rank's share) exists."""
     print(f"All images of this run are already in {output_dir}: nothing to generate.")
-
-
-def bundle_version(bundle_root: str) -> str:
-    """``version`` of ``configs/metadata.json`` (written to the manifest and hashed into file names)."""
-    path = os.path.join(bundle_root, "configs", "metadata.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return str(json.load(f).get("version", "unknown"))
-    except (OSError, ValueError):
-        return "unknown"

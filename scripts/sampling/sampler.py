@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import torch
 from monai.inferers import Inferer
-from tqdm.auto import tqdm
 
-from scripts.errors import CxrLdmError
-from scripts.schedulers import is_stochastic
-from scripts.text import check_context_width, encode_ids, prompt_ids
+from scripts.common.errors import CxrLdmError
+from scripts.networks.schedulers import is_stochastic
+from scripts.networks.text import check_context_width, encode_ids, prompt_ids
+from scripts.common.progress import progress
 
 AUTOCAST_DTYPES = {None: None, "none": None, "float32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                    "float16": torch.float16, "fp16": torch.float16}
@@ -57,13 +57,13 @@ class GuidedLatentSampler(Inferer):
         autoencoder: ``AutoencoderKL``; ``decode_stage_2_outputs`` maps latents (B, 3, h, w) to images.
         text_encoder: frozen ``CLIPTextModel``; its ``last_hidden_state`` (B, 77, C) is the context.
         tokenizer: the bundle's CLIP tokenizer.
-        scheduler: a MONAI-interface scheduler (``scripts.schedulers.build_scheduler``).
+        scheduler: a MONAI-interface scheduler (``scripts.networks.schedulers.build_scheduler``).
         num_inference_steps: denoising steps (>= 1).
         guidance_scale: g in ``out = out_uncond + g * (out_cond - out_uncond)``; 1 disables guidance
             (one UNet pass per step), 0 samples unconditionally.
         scale_factor: latents are divided by it before decoding.
         latent_shape: (3, 64, 64) for 512² images.
-        null_prompt: style of the null prompt (``scripts.text.NULL_PROMPT_STYLES``), the unconditional
+        null_prompt: style of the null prompt (``scripts.networks.text.NULL_PROMPT_STYLES``), the unconditional
             branch whenever the negative prompt is "".
         batched_guidance: run both guidance branches in one UNet call of batch 2B.
         autocast_dtype: ``"bfloat16"``/``"float16"`` to run the UNet and decoder under ``torch.autocast``;
@@ -193,7 +193,7 @@ class GuidedLatentSampler(Inferer):
         if stochastic and len(generators) != latents.shape[0]:
             raise ValueError("a stochastic scheduler needs one seed per image.")
         timesteps = self.scheduler.timesteps
-        for t in tqdm(timesteps, desc="denoising", disable=not self.progress, leave=False):
+        for t in progress(timesteps, total=len(timesteps), description="denoising", enabled=self.progress):
             with self._autocast(device):
                 output = self.guided_output(unet, latents, t, context, uncond_context)
             if stochastic:

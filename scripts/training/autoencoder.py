@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from monai.engines import Trainer
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SimpleInferer
 from monai.losses import PatchAdversarialLoss
 from monai.utils import CommonKeys as Keys
 
@@ -118,6 +118,8 @@ class AutoencoderKLTrainer(Trainer):
         max_grad_norm: clip both networks' gradient norms to this (None or <= 0: no clipping).
         amp: mixed precision on CUDA (ignored on CPU).
         train_handlers / epoch_length / non_blocking / prepare_batch / amp_kwargs: as for MONAI trainers.
+        inferer: runs the autoencoder forward pass, ``inferer(images, autoencoder)`` -> (reconstruction,
+            z_mu, z_sigma); MONAI's ``SimpleInferer`` by default.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class AutoencoderKLTrainer(Trainer):
         non_blocking: bool = False,
         prepare_batch: Callable = prepare_reconstruction_batch,
         amp_kwargs: dict | None = None,
+        inferer: Inferer | None = None,
     ) -> None:
         device = torch.device(device)
         amp = bool(amp) and device.type == "cuda"
@@ -159,6 +162,7 @@ class AutoencoderKLTrainer(Trainer):
         self.autoencoder = autoencoder
         self.discriminator = discriminator
         self.network = autoencoder  # what MONAI handlers look for
+        self.inferer = SimpleInferer() if inferer is None else inferer
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self.perceptual_loss = perceptual_loss
@@ -197,7 +201,7 @@ class AutoencoderKLTrainer(Trainer):
         engine.autoencoder.train()
         engine.g_optimizer.zero_grad(set_to_none=True)
         with engine._autocast():
-            reconstruction, z_mu, z_sigma = engine.autoencoder(images)
+            reconstruction, z_mu, z_sigma = engine.inferer(images, engine.autoencoder)
             l1 = torch.nn.functional.l1_loss(reconstruction.float(), images.float())
             perceptual = engine.perceptual_loss(reconstruction.float(), images.float())
             kl = kl_loss(z_mu.float(), z_sigma.float())

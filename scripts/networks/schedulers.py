@@ -14,9 +14,9 @@ SCHEDULERS = {
     "ddim": "monai.networks.schedulers:DDIMScheduler",
     "ddpm": "monai.networks.schedulers:DDPMScheduler",
     "pndm": "monai.networks.schedulers:PNDMScheduler",
-    "dpmpp_2m": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
-    "dpmpp_2m_karras": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
-    "unipc_karras": "scripts.dpm_solver:DPMSolverPlusPlusScheduler",
+    "dpmpp_2m": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
+    "dpmpp_2m_karras": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
+    "unipc_karras": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from scripts.errors import CxrLdmError
+from scripts.common.errors import CxrLdmError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import io
 import os
 
 import torch
-from scripts.errors import CxrLdmError
+from scripts.common.errors import CxrLdmError
 
 DOWNLOAD_HINT = "run `python -m scripts.download` (or place the file there by hand, see README 'Weights')"
 

@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import VPredictionPrepareBatch
 
-from scripts.text import check_context_width, encode_ids
+from scripts.networks.text import check_context_width, encode_ids
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class GuidedSampleImages:
     """Every ``interval`` epochs, sample a few guided images from the (EMA) UNet and log them to TensorBoard.
 
     Args:
-        sampler: ``scripts.sampler.GuidedLatentSampler`` (the inference config's ``inferer``).
+        sampler: ``scripts.sampling.sampler.GuidedLatentSampler`` (the inference config's ``inferer``).
         network: the UNet to sample (the EMA copy).
         prompts: report texts of the images; seeds are ``seed``, ``seed + 1``, ...
         summary_writer: ``torch.utils.tensorboard.SummaryWriter`` (images go to tag ``samples``, prompts to

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scripts.common.distributed import barrier, is_main_process, rank_and_world
+from scripts.common.files import atomic_path
+
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = (
     "file",
@@ -56,25 +59,22 @@ def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
     if not torch.isfinite(image).all():
         raise ValueError(f"refusing to write '{path}': the image holds NaN or inf values.")
-    temporary = f"{path}.tmp"
     image = image.detach().float().cpu().clamp(0.0, 1.0)
-    if output_format == "pt":
-        torch.save(image.clone(), temporary)
-    else:
-        pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
-        options = {"quality": 95} if output_format == "jpg" else {}
-        Image.fromarray(pixels, mode="L").save(temporary, format="JPEG" if output_format == "jpg" else "PNG", **options)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        if output_format == "pt":
+            torch.save(image.clone(), temporary)
+        else:
+            pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
+            options = {"quality": 95} if output_format == "jpg" else {}
+            Image.fromarray(pixels, mode="L").save(temporary, format="JPEG" if output_format == "jpg" else "PNG", **options)
     return path
 
 
 def _write_csv(path: str, rows: Sequence[dict]) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def read_manifest(path: str) -> dict[str, dict]:
@@ -116,19 +116,13 @@ def merge_manifests(output_dir: str, jobs: Sequence[dict] = ()) -> str:
     return main
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class SampleWriter:
     """Ignite handler of the sampling evaluator: saves ``engine.state.output["pred"]`` after each batch.
 
     Args:
         output_dir: folder of the images and ``manifest.csv`` (created on the first write).
         output_format: ``png`` (8-bit), ``jpg`` (8-bit, quality 95) or ``pt`` (float tensor in [0, 1]).
-        jobs: all jobs of the run (``scripts.prompts.sampling_jobs``); at the start of a run, finished
+        jobs: all jobs of the run (``scripts.sampling.jobs.sampling_jobs``); at the start of a run, finished
             images missing from the manifest (a run killed between image and manifest) are added back.
     """
 
@@ -147,12 +141,12 @@ class SampleWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def _manifest_path(self) -> str:
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         return os.path.join(self.output_dir, MANIFEST if world == 1 else f"manifest.rank{rank}.csv")
 
     def started(self, engine=None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
-        if _rank_and_world()[1] == 1:
+        if rank_and_world()[1] == 1:
             merge_manifests(self.output_dir, self.jobs)
 
     def __call__(self, engine) -> None:
@@ -180,9 +174,7 @@ def finalize_manifest(jobs: Sequence[dict], output_dir: str) -> str | None:
 
     Every rank calls it, whether or not it had images left to generate, so the barrier cannot hang.
     """
-    rank, world = _rank_and_world()
-    if world > 1:
-        torch.distributed.barrier()
-    if rank == 0 and os.path.isdir(output_dir):
+    barrier()
+    if is_main_process() and os.path.isdir(output_dir):
         return merge_manifests(output_dir, jobs)
     return None

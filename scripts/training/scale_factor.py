@@ -14,6 +14,7 @@ import os
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from scripts.common.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,5 @@ def estimate_scale_factor(
     logger.info(message)
     print(message)
     if output_file:
-        os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-        tmp = f"{output_file}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"scale_factor": scale_factor, "latent_std": std, "num_images": len(indices)}, f, indent=2)
-        os.replace(tmp, output_file)
+        atomic_write_json(output_file, {"scale_factor": scale_factor, "latent_std": std, "num_images": len(indices)})
     return scale_factor

@@ -51,7 +51,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     MONAI's saver writes in place; a run killed mid-write would leave a truncated ``model.pt``. With a
     single object in ``save_dict`` the file is that object's plain ``state_dict`` (what
-    ``scripts.checkpoints.load_weights`` reads with ``key=None``).
+    ``scripts.networks.weights.load_weights`` reads with ``key=None``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -216,7 +216,7 @@ class ResumableCheckpoint:
 def initial_weights(network: torch.nn.Module, path: str | None, load_old: bool = False, key: str | None = None) -> torch.nn.Module:
     """``network`` with the weights of ``path`` (fine-tuning), or as initialised when ``path`` is None/""."""
     if path:
-        from scripts.checkpoints import load_weights
+        from scripts.networks.weights import load_weights
 
         network = load_weights(network, path, load_old=load_old, key=key)
     return network.train()

@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage, each written once: errors, atomic files, hashing, distributed runs, progress."""

@@ -1,0 +1,1 @@
+"""The model's parts: loading network weights, the tokenizer and text encoder, and the noise schedulers."""
