@@ -20,31 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-TINY_OVERLAY = BUNDLE_ROOT / "tests" / "configs" / "tiny_inference.json"
-
-
-def tiny_config():
-    """ConfigParser of configs/inference.json + the tiny overlay."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE_ROOT / "configs" / "inference.json"), str(TINY_OVERLAY)])
-    parser["bundle_root"] = str(BUNDLE_ROOT)
-    return parser
-
-
-def tiny_text_encoder(hidden: int = 32, seed: int = 0):
-    """Frozen 2-layer CLIPTextModel with the CLIP vocabulary (random weights still tell prompts apart)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu",
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
-    )  # fmt: skip
-    return CLIPTextModel(config).eval()
+from scripts.networks.tiny_text_encoder import make_tiny_text_encoder
+from tests.helpers.bundle import TOKENIZER_DIR, tiny_parser
 
 
 def synthetic_set(num_images: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -70,7 +47,7 @@ def train(output_dir: str, minutes: float = 8.0, num_images: int = 512, batch_si
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parser = tiny_config()
+    parser = tiny_parser()
     torch.manual_seed(seed)
     autoencoder, unet = parser.get_parsed_content("autoencoder_def"), parser.get_parsed_content("network_def")
     images, prompts = synthetic_set(num_images, int(parser["image_size"]), seed)
@@ -94,7 +71,7 @@ def train(output_dir: str, minutes: float = 8.0, num_images: int = 512, batch_si
     scale_factor = float(1.0 / latents.std())
     latents = latents * scale_factor
 
-    text_encoder, tokenizer = tiny_text_encoder(seed=seed), load_tokenizer(str(BUNDLE_ROOT / "tokenizer"))
+    text_encoder, tokenizer = make_tiny_text_encoder(seed=seed), load_tokenizer(TOKENIZER_DIR)
     with torch.no_grad():
         contexts = encode_ids(text_encoder, prompt_ids(tokenizer, prompts + [""]))
     null_context = contexts[-1]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 PROMPT = "Big right-sided pleural effusion"
 REFERENCE = {"scheduler_name": "ddim", "num_inference_steps": 50, "batched_guidance": False, "autocast_dtype": None,
              "channels_last": False, "use_flash_attention": False, "compile": False}  # fmt: skip
@@ -96,17 +96,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def load_parser(config_file, overrides: dict):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file])
-    parser["bundle_root"] = str(BUNDLE_ROOT)
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
 
 
 def build_networks(parser, device: torch.device, seed: int = 0):
@@ -211,12 +200,12 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
     The first reference is the issue's yardstick (DDIM-200); a long DDIM run (e.g. DDIM-1000) approximates the
     exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias towards.
     """
-    from benchmarks.parity_model import TINY_OVERLAY, synthetic_set
+    from benchmarks.parity_model import synthetic_set
     from scripts.evaluation import xrv
     from scripts.sampling.sampler import initial_latents
 
     info = json.loads((Path(model_dir) / "parity_model.json").read_text())
-    files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), str(TINY_OVERLAY)]
+    files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), TINY_OVERLAY]
     parser = load_parser(files, {**overrides, "model_dir": str(model_dir), "load_old": False,
                                  "text_encoder_source": str(Path(model_dir) / "text_encoder"), "scale_factor": info["scale_factor"]})  # fmt: skip
     networks, _ = build_networks(parser, device)
@@ -285,7 +274,7 @@ def print_tables(report: dict) -> None:
 
 
 def main(
-    config_file=str(BUNDLE_ROOT / "configs" / "inference.json"),
+    config_file=INFERENCE_CONFIG,
     device: str | None = None,
     batch_sizes=(1,),
     timed_steps: int | None = 2,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scripts.evaluation import metrics
-from helpers_eval import noise_images, smooth_images
+from helpers.evaluation import noise_images, smooth_images
 
 SMALL = {"kernel_size": 3}  # 64 px images: 5 scales need kernel < 64 // 16 + 1
 
@@ -95,7 +95,7 @@ def test_reconstruction_scores_use_the_mean_latent_and_match_the_psnr_formula(tm
 
 
 def test_tiny_autoencoder_reconstruction_is_deterministic(tmp_path):
-    from conftest import tiny_parser
+    from helpers.bundle import tiny_parser
 
     torch.manual_seed(0)
     autoencoder = tiny_parser().get_parsed_content("autoencoder_def").eval()

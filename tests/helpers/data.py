@@ -1,20 +1,18 @@
 """Test helpers for data: a small synthetic MIMIC-format tree and its prepared datalist.
 
-Usable by every test module (``from helpers_data import make_prepared_synthetic``)::
+Usable by every test module (``from helpers.data import make_prepared_synthetic``)::
 
     dataset_dir = make_prepared_synthetic(tmp_path, num_subjects=20, image_size=64)
     parser = tiny_parser("configs/data.json", dataset_dir=str(dataset_dir))
 
-or the session-wide fixture ``prepared_synthetic_dir`` (import it into the test module), which prepares
-20 subjects at 64 px once per test session. Nothing is downloaded; 20 subjects take about a second.
+or the session-wide fixture ``prepared_synthetic_dir`` (conftest.py), which prepares 20 subjects at 64 px
+once per test session. Nothing is downloaded; 20 subjects take about a second.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
 
 from scripts.data.prepare import prepare
 from scripts.data.synthetic import generate
@@ -43,9 +41,3 @@ def make_prepared_synthetic(tmp_dir, num_subjects: int = 20, image_size: int = 6
 def load_datalist(dataset_dir) -> dict:
     """The prepared ``datalist.json`` as a dict of split name → items."""
     return json.loads((Path(dataset_dir) / "datalist.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def prepared_synthetic_dir(tmp_path_factory) -> Path:
-    """Prepared synthetic data set: 20 subjects, 64 px, seed 0 (shared by the whole session; do not modify)."""
-    return make_prepared_synthetic(tmp_path_factory.mktemp("synthetic_mimic"), num_subjects=20, image_size=64)

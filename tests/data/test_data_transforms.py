@@ -8,13 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from helpers_data import prepared_synthetic_dir  # noqa: F401 - fixture
 from monai.data import DataLoader, Dataset, load_decathlon_datalist
 from monai.transforms import Compose, LoadImaged, RandAffined, RandFlipd
 from monai.utils import set_determinism
 from PIL import Image
 
-from conftest import BUNDLE_ROOT, tiny_parser
+from helpers.bundle import BUNDLE_ROOT, tiny_parser
 from scripts.networks.text import null_prompt_ids, tokenize
 from scripts.data.transforms import RandNullPromptd, RandSentenceSubsetd, Tokenized
 
@@ -169,7 +168,7 @@ def test_augmentations_match_the_recipe(tmp_path):
     assert max(_quadrant_means(flipped), key=_quadrant_means(flipped).get) == "top_right"
 
 
-def test_training_chain_batches_prepared_data(prepared_synthetic_dir):  # noqa: F811 - fixture
+def test_training_chain_batches_prepared_data(prepared_synthetic_dir):
     parser = tiny_parser(DATA_CONFIG, dataset_dir=str(prepared_synthetic_dir))
     datalist = load_decathlon_datalist(parser.get_parsed_content("datalist_file"), data_list_key="training", base_dir=str(prepared_synthetic_dir))
     chain = _chain(parser, "load_image_transforms", "diffusion_augmentations", "text_transforms")

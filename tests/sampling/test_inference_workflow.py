@@ -14,7 +14,8 @@ import pytest
 import torch
 from monai.bundle.scripts import run as bundle_run
 
-from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, make_tiny_text_encoder, read_png, run_inference
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, read_png, run_inference
+from helpers.networks import make_tiny_text_encoder
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -277,7 +278,7 @@ def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
 
 
 def test_prompt_embeddings_are_cached_within_a_bound(tiny_model_dir):
-    from conftest import tiny_parser
+    from helpers.bundle import tiny_parser
 
     parser = tiny_parser(model_dir=str(tiny_model_dir), load_old=False, text_encoder_source=str(tiny_model_dir / "text_encoder"))
     sampler = parser.get_parsed_content("inferer")

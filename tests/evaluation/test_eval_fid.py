@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 
 from scripts.evaluation import fid, xrv
-from helpers_eval import random_densenet_file, smooth_images, write_png_folder
+from helpers.evaluation import random_densenet_file, smooth_images, write_png_folder
 
 
 def numpy_fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,15 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (
-    BUNDLE_ROOT,
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
-    make_tiny_text_encoder,
-    randomize_zero_layers,
-    run_inference,
-    tiny_parser,
-)
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, run_inference, tiny_parser
+from helpers.networks import make_tiny_text_encoder, randomize_zero_layers
 from scripts.common.errors import excepthook, root_cause
 
 
@@ -74,7 +67,7 @@ def test_resume_identity_covers_weights_encoder_and_settings(model_copy, tmp_pat
     assert {row["scale_factor"] for row in rows} == {"0.3", "0.25"}
 
     # Pixels differ where the weights differ: the new images are not copies of the first.
-    from conftest import read_png
+    from helpers.bundle import read_png
 
     assert (read_png(changes[0][0]) != read_png(changes[0][1])).any()
 

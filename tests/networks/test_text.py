@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import pytest
-from conftest import TOKENIZER_DIR, make_tiny_text_encoder
+from helpers.bundle import TOKENIZER_DIR
+from helpers.networks import make_tiny_text_encoder
 from scripts.networks import text
 
 

@@ -14,18 +14,12 @@ import time
 
 import pytest
 import torch
-from helpers_data import make_prepared_synthetic
-from helpers_training import (
-    TEST_CONFIGS,
-    bundle_run_command,
-    cli_env,
-    image_tags,
-    run_bundle,
-    scalar_series,
-    stage_configs,
-)
+from helpers.data import make_prepared_synthetic
+from helpers.bundle import TEST_CONFIGS, bundle_run_command, cli_env, run_bundle, stage_configs
+from helpers.training import image_tags, scalar_series
 
-from conftest import BUNDLE_ROOT, write_tiny_weights
+from helpers.bundle import BUNDLE_ROOT
+from helpers.networks import write_tiny_weights
 
 HAS_MLFLOW_STORE = importlib.util.find_spec("sqlalchemy") is not None and importlib.util.find_spec("alembic") is not None
 

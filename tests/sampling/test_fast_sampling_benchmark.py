@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import INFERENCE_CONFIG, TINY_OVERLAY
+from helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY
 
 
 def test_benchmark_report_is_consistent(tmp_path, capsys):

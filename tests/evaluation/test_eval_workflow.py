@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLE_ROOT, run_inference
-from helpers_data import make_prepared_synthetic
+from helpers.bundle import BUNDLE_ROOT, run_inference
+from helpers.data import make_prepared_synthetic
 
 DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 EVALUATE_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate.json")

@@ -7,7 +7,7 @@ import torch
 
 from scripts.evaluation import xrv
 from scripts.common.hashing import file_digest
-from helpers_eval import InputRecorder, random_densenet_file, smooth_images
+from helpers.evaluation import InputRecorder, random_densenet_file, smooth_images
 
 
 @pytest.fixture(scope="module")

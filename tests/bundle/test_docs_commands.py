@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLE_ROOT
+from helpers.bundle import BUNDLE_ROOT
 
 DOCUMENTS = [BUNDLE_ROOT / "README.md", *sorted((BUNDLE_ROOT / "docs").glob("*.md"))]
 #: Options of ``monai.bundle run`` itself (not config keys).
@@ -138,7 +138,12 @@ def test_command_check_catches_a_wrong_key_and_option():
 
 
 def _bundle_copy(destination: Path) -> Path:
-    ignore = shutil.ignore_patterns(".git", "data", "models", "output", "evaluation", "dist", "__pycache__", "*.pyc")
+    outputs = {".git", "data", "models", "output", "evaluation", "dist"}  # top-level folders of a working copy
+
+    def ignore(folder, names):
+        skipped = outputs if Path(folder) == BUNDLE_ROOT else set()
+        return [n for n in names if n in skipped or n == "__pycache__" or n.endswith(".pyc")]
+
     shutil.copytree(BUNDLE_ROOT, destination, ignore=ignore)
     return destination
 

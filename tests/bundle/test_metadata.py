@@ -10,7 +10,7 @@ import shutil
 import pytest
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLE_ROOT, INFERENCE_CONFIG
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG
 
 REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
             "name", "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip

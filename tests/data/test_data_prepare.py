@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_data import load_datalist, make_synthetic_mimic
+from helpers.data import load_datalist, make_synthetic_mimic
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
 import scripts.data.prepare as prepare_mimic
 from scripts.common.files import is_temporary, temporary_path
-from conftest import BUNDLE_ROOT
+from helpers.bundle import BUNDLE_ROOT
 from scripts.data.prepare import PreparationError, prepare
 from scripts.data.synthetic import FINDINGS_CSV, METADATA_CSV, SPLIT_CSV
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BUNDLE_ROOT, TINY_OVERLAY, read_png
+from helpers.bundle import BUNDLE_ROOT, TINY_OVERLAY, read_png
 from scripts.distribution import download, pack
 
 

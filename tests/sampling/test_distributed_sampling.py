@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, run_inference
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, run_inference
 
 MULTI_GPU_OVERLAY = str(BUNDLE_ROOT / "configs" / "multi_gpu_inference.json")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import randomize_zero_layers, run_inference, tiny_parser
+from helpers.bundle import run_inference, tiny_parser
+from helpers.networks import randomize_zero_layers
 from scripts.networks.weights import CheckpointError, load_weights
 
 
@@ -22,7 +23,7 @@ def _generative_twin(parser, key: str):
 def test_full_size_networks_have_the_released_parameter_counts():
     from monai.bundle import ConfigParser
 
-    from conftest import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIG
 
     parser = ConfigParser()
     parser.read_config(INFERENCE_CONFIG)
@@ -39,7 +40,7 @@ def test_generativemodels_checkpoints_load_with_load_old(size, tmp_path):
     """A checkpoint written by the GenerativeModels classes loads with load_old and computes the same."""
     from monai.bundle import ConfigParser
 
-    from conftest import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIG
 
     if size == "tiny":
         parser = tiny_parser()

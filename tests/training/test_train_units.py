@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from helpers_data import make_prepared_synthetic
+from helpers.data import make_prepared_synthetic
 
-from conftest import make_tiny_text_encoder, tiny_parser
+from helpers.bundle import tiny_parser
+from helpers.networks import make_tiny_text_encoder
 
 DIFFUSION = ("configs/data.json", "configs/train.json", "configs/train_diffusion.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_diffusion.json")
 AUTOENCODER = ("configs/data.json", "configs/train.json", "configs/train_autoencoder.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_autoencoder.json")
@@ -235,7 +236,7 @@ def test_train_workflow_properties_are_complete(stage, dataset_dir, tmp_path):
     """MONAI's train-workflow check finds every model-zoo section (train#trainer, train#dataset, ...)."""
     from monai.bundle import ConfigWorkflow
 
-    from conftest import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY
+    from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY
 
     files = [INFERENCE_CONFIG, str(BUNDLE_ROOT / "configs" / "data.json"), str(BUNDLE_ROOT / "configs" / "train.json"),
              str(BUNDLE_ROOT / "configs" / f"train_{stage}.json"), TINY_OVERLAY,

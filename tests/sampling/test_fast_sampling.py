@@ -13,15 +13,10 @@ import os
 import pytest
 import torch
 
-from conftest import make_tiny_text_encoder, tiny_parser
-from helpers_sampling import (
-    NOISE_SCHEDULE,
-    GaussianDenoiser,
-    dpm_solver_pp_2m_reference,
-    exact_ode_solution,
-    fill_zero_initialised,
-    mean_context,
-)
+from helpers.bundle import tiny_parser
+from helpers.networks import make_tiny_text_encoder
+from helpers.gaussian import NOISE_SCHEDULE, GaussianDenoiser, dpm_solver_pp_2m_reference, exact_ode_solution, mean_context
+from helpers.networks import fill_zero_initialised
 from scripts.networks.dpm_solver import DPMSolverPlusPlusScheduler
 from scripts.networks.schedulers import build_scheduler
 
@@ -227,7 +222,7 @@ def test_default_unipc_karras_reaches_exact_gaussian_solution_better_than_ddim_5
     accurately than the reference DDIM-50, and converges as steps are added."""
     from monai.bundle import ConfigParser
 
-    from conftest import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIG
 
     defaults = ConfigParser()
     defaults.read_config(INFERENCE_CONFIG)

@@ -1,0 +1,1 @@
+"""The bundle's test suite; ``tests.helpers`` is shared with the benchmarks."""

@@ -1,0 +1,117 @@
+"""The bundle's configs and command line: config files, parsers with overlays, in-process and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = BUNDLE_ROOT / "configs"
+TEST_CONFIGS = BUNDLE_ROOT / "tests" / "configs"
+INFERENCE_CONFIG = str(CONFIGS / "inference.json")
+TINY_OVERLAY = str(TEST_CONFIGS / "tiny_inference.json")
+TOKENIZER_DIR = str(BUNDLE_ROOT / "tokenizer")
+
+
+def load_parser(config_files, overrides: dict | None = None):
+    """ConfigParser of ``config_files`` (merged in order) with ``bundle_root`` and ``overrides`` set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in (config_files if isinstance(config_files, (list, tuple)) else [config_files])])
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def tiny_parser(*extra_files: str, **overrides):
+    """ConfigParser of inference.json + the tiny overlay (+ ``extra_files``), with ``overrides`` applied."""
+    return load_parser([INFERENCE_CONFIG, TINY_OVERLAY, *extra_files], overrides)
+
+
+def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overrides):
+    """Run the inference workflow in-process exactly as ``python -m monai.bundle run`` does.
+
+    Uses inference.json + the tiny overlay (+ ``extra_files``) with the tiny weights of ``model_dir``;
+    ``overrides`` are the command-line overrides. Returns the sorted image paths in ``output_dir``.
+    """
+    from monai.bundle.scripts import run
+
+    settings = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "model_dir": str(model_dir),
+        "output_dir": str(output_dir),
+        "load_old": False,
+        "text_encoder_source": str(Path(model_dir) / "text_encoder"),
+    }
+    settings.update(overrides)
+    run(
+        config_file=[INFERENCE_CONFIG, TINY_OVERLAY, *extra_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **settings,
+    )
+    return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt"))
+
+
+def read_png(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+    """Config files of a tiny training ``stage`` ("autoencoder" or "diffusion") run, in merge order."""
+    files = [
+        CONFIGS / "inference.json",
+        CONFIGS / "data.json",
+        CONFIGS / "train.json",
+        CONFIGS / f"train_{stage}.json",
+        TEST_CONFIGS / "tiny_inference.json",
+        TEST_CONFIGS / "tiny_train.json",
+        TEST_CONFIGS / f"tiny_train_{stage}.json",
+    ]
+    if multi_gpu:
+        files.append(CONFIGS / "multi_gpu_train.json")
+    files.extend(Path(f) for f in extra)
+    return [str(f) for f in files]
+
+
+def config_file_arg(files: list[str]) -> str:
+    """``--config_file`` value of a list of files."""
+    return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def cli_env(bundle_on_path: bool = True) -> dict:
+    """Environment of a CLI run: offline, one thread, unbuffered; the bundle on PYTHONPATH unless not wanted."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    if bundle_on_path:
+        env["PYTHONPATH"] = str(BUNDLE_ROOT)
+    return env
+
+
+def bundle_run_command(files: list[str], overrides: dict, torchrun_procs: int = 0, master_port: int = 29555) -> list[str]:
+    """``python -m monai.bundle run`` (or ``torchrun`` with ``torchrun_procs`` processes) with ``--key value`` overrides."""
+    args = ["-m", "monai.bundle", "run", "--config_file", config_file_arg(files)]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    if torchrun_procs:
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun_procs}",
+                f"--master_port={master_port}", *args]  # fmt: skip
+    return [sys.executable, *args]
+
+
+def run_bundle(files: list[str], overrides: dict, timeout: int = 240, **kwargs) -> subprocess.CompletedProcess:
+    """Run a bundle command to completion; fail with its output tail when it exits non-zero."""
+    result = subprocess.run(
+        bundle_run_command(files, overrides, **kwargs), cwd=BUNDLE_ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"bundle run failed ({result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
+    return result

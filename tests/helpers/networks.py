@@ -1,0 +1,61 @@
+"""Tiny networks: the bundle's own definitions at test size, with weights that make their outputs matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .bundle import tiny_parser
+
+#: Width of the tiny text encoder: the tiny UNet's cross_attention_dim (tests/configs/tiny_inference.json).
+TINY_TEXT_HIDDEN = 32
+
+
+def make_tiny_text_encoder(hidden: int = TINY_TEXT_HIDDEN, layers: int = 2, seed: int = 0):
+    """A 2-layer CLIPTextModel with the CLIP vocabulary and 77 positions (random weights)."""
+    from scripts.networks.tiny_text_encoder import make_tiny_text_encoder as make
+
+    return make(hidden_size=hidden, num_layers=layers, seed=seed)
+
+
+def randomize_zero_layers(network: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """Give zero-initialised layers (MONAI's UNet output and attention projections) random weights.
+
+    A freshly built DiffusionModelUNet outputs exactly 0, so prompts and guidance would have no effect.
+    """
+    with torch.no_grad():
+        for parameter in network.parameters():
+            if parameter.abs().max() == 0:
+                parameter.normal_(0.0, std)
+    return network
+
+
+def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
+    """Random tiny autoencoder / UNet weights (new MONAI layout) and a tiny text encoder in ``model_dir``."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    parser = tiny_parser()
+    torch.manual_seed(seed)
+    autoencoder = parser.get_parsed_content("autoencoder_def")
+    unet = parser.get_parsed_content("network_def")
+    randomize_zero_layers(unet)
+    torch.save(autoencoder.state_dict(), model_dir / "autoencoder.pt")
+    torch.save(unet.state_dict(), model_dir / "model.pt")
+    make_tiny_text_encoder(seed=seed).save_pretrained(model_dir / "text_encoder")
+    return model_dir
+
+
+def fill_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Give every all-zero weight tensor of ``module`` random values (N(0, std^2)), in place.
+
+    MONAI's ``DiffusionModelUNet`` zero-initialises its output convolution (and the last layer of each
+    residual and attention block), so a freshly built UNet predicts exactly 0 and every speed switch would
+    trivially "match" fp32. Filling them makes the random network's output depend on its input.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return module
