@@ -40,7 +40,10 @@ def synthetic_set(num_images: int, size: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def train(output_dir: str, minutes: float = 8.0, num_images: int = 512, batch_size: int = 16, seed: int = 0) -> dict:
-    """Train autoencoder (1/4 of ``minutes``) then UNet (3/4); write autoencoder.pt, model.pt, text_encoder/, parity_model.json."""
+    """Train the autoencoder (1/4 of ``minutes``), then the UNet (3/4).
+
+    Writes autoencoder.pt, model.pt, text_encoder/ and parity_model.json to ``output_dir``.
+    """
     from monai.networks.schedulers import DDPMScheduler
 
     from scripts.networks.text import encode_ids, load_tokenizer, prompt_ids
@@ -96,11 +99,16 @@ def train(output_dir: str, minutes: float = 8.0, num_images: int = 512, batch_si
     torch.save(unet.eval().state_dict(), out / "model.pt")
     text_encoder.save_pretrained(out / "text_encoder")
     summary = {
-        "scale_factor": scale_factor, "autoencoder_steps": ae_steps, "autoencoder_l1": ae_l1,
-        "diffusion_steps": dm_steps, "batch_size": batch_size, "num_images": num_images,
-        "final_diffusion_loss": float(np.mean(losses[-100:])), "minutes": minutes,
+        "scale_factor": scale_factor,
+        "autoencoder_steps": ae_steps,
+        "autoencoder_l1": ae_l1,
+        "diffusion_steps": dm_steps,
+        "batch_size": batch_size,
+        "num_images": num_images,
+        "final_diffusion_loss": float(np.mean(losses[-100:])),
+        "minutes": minutes,
         "prompts": prompts[:8],
-    }  # fmt: skip
+    }
     (out / "parity_model.json").write_text(json.dumps(summary, indent=2))
     return summary
 

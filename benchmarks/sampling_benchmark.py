@@ -34,11 +34,26 @@ from pathlib import Path
 import torch
 
 from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
+
 PROMPT = "Big right-sided pleural effusion"
-REFERENCE = {"scheduler_name": "ddim", "num_inference_steps": 50, "batched_guidance": False, "autocast_dtype": None,
-             "channels_last": False, "use_flash_attention": False, "compile": False}  # fmt: skip
-SWITCHES = ("scheduler_name", "num_inference_steps", "batched_guidance", "autocast_dtype", "channels_last",
-            "use_flash_attention", "compile")  # fmt: skip
+REFERENCE = {
+    "scheduler_name": "ddim",
+    "num_inference_steps": 50,
+    "batched_guidance": False,
+    "autocast_dtype": None,
+    "channels_last": False,
+    "use_flash_attention": False,
+    "compile": False,
+}
+SWITCHES = (
+    "scheduler_name",
+    "num_inference_steps",
+    "batched_guidance",
+    "autocast_dtype",
+    "channels_last",
+    "use_flash_attention",
+    "compile",
+)
 
 
 class PeakMemory:
@@ -95,7 +110,8 @@ def _timed(function, device: torch.device, repeats: int) -> tuple[float, object]
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def build_networks(parser, device: torch.device, seed: int = 0):
@@ -103,30 +119,47 @@ def build_networks(parser, device: torch.device, seed: int = 0):
 
     Timing does not depend on the weights, so a machine without the released files can still run it.
     """
-    from scripts.networks.weights import load_weights
     from scripts.networks.text import load_text_encoder
+    from scripts.networks.weights import load_weights
 
     torch.manual_seed(seed)
     networks, sources = {}, {}
-    for name, definition, path in (("autoencoder", "autoencoder_def", "autoencoder_path"), ("network", "network_def", "diffusion_path")):
+    for name, definition, path in (
+        ("autoencoder", "autoencoder_def", "autoencoder_path"),
+        ("network", "network_def", "diffusion_path"),
+    ):
         if os.path.isfile(parser.get_parsed_content(path)):
-            networks[name] = load_weights(parser.get_parsed_content(definition), parser.get_parsed_content(path),
-                                          load_old=parser.get_parsed_content("load_old"), device=device)  # fmt: skip
+            networks[name] = load_weights(
+                parser.get_parsed_content(definition),
+                parser.get_parsed_content(path),
+                load_old=parser.get_parsed_content("load_old"),
+                device=device,
+            )
             sources[name] = parser.get_parsed_content(path)
         else:
             networks[name] = parser.get_parsed_content(definition).to(device)
             sources[name] = "random weights"
     try:
-        networks["text_encoder"] = load_text_encoder(parser.get_parsed_content("text_encoder_source"),
-                                                     subfolder=parser.get_parsed_content("text_encoder_subfolder"), device=device)  # fmt: skip
+        networks["text_encoder"] = load_text_encoder(
+            parser.get_parsed_content("text_encoder_source"),
+            subfolder=parser.get_parsed_content("text_encoder_subfolder"),
+            device=device,
+        )
         sources["text_encoder"] = parser.get_parsed_content("text_encoder_source")
     except Exception:  # no local text encoder: an SD-2.1-shaped one with random weights times the same
         from transformers import CLIPTextConfig, CLIPTextModel
 
         width = int(parser["network_def"]["cross_attention_dim"])
-        config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
-                                num_hidden_layers=23 if width == 1024 else 2, num_attention_heads=16 if width == 1024 else 2,
-                                max_position_embeddings=77, hidden_act="gelu", projection_dim=512)  # fmt: skip
+        config = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=23 if width == 1024 else 2,
+            num_attention_heads=16 if width == 1024 else 2,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=512,
+        )
         networks["text_encoder"] = CLIPTextModel(config).to(device)
         sources["text_encoder"] = "random weights"
     for module in networks.values():
@@ -135,26 +168,41 @@ def build_networks(parser, device: torch.device, seed: int = 0):
 
 
 def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
-    from scripts.sampling.sampler import GuidedLatentSampler
     from scripts.networks.schedulers import build_scheduler
+    from scripts.sampling.sampler import GuidedLatentSampler
 
     return GuidedLatentSampler(
-        autoencoder=networks["autoencoder"], text_encoder=networks["text_encoder"],
+        autoencoder=networks["autoencoder"],
+        text_encoder=networks["text_encoder"],
         tokenizer=parser.get_parsed_content("tokenizer"),
         scheduler=build_scheduler(settings["scheduler_name"], **parser.get_parsed_content("noise_schedule")),
-        num_inference_steps=num_inference_steps, guidance_scale=float(parser["guidance_scale"]),
-        scale_factor=float(parser["scale_factor"]), latent_shape=parser["latent_shape"],
-        null_prompt=parser["null_prompt"], batched_guidance=settings["batched_guidance"],
-        autocast_dtype=settings["autocast_dtype"], channels_last=settings["channels_last"],
-        compile=settings["compile"], progress=False,
-    )  # fmt: skip
+        num_inference_steps=num_inference_steps,
+        guidance_scale=float(parser["guidance_scale"]),
+        scale_factor=float(parser["scale_factor"]),
+        latent_shape=parser["latent_shape"],
+        null_prompt=parser["null_prompt"],
+        batched_guidance=settings["batched_guidance"],
+        autocast_dtype=settings["autocast_dtype"],
+        channels_last=settings["channels_last"],
+        compile=settings["compile"],
+        progress=False,
+    )
 
 
-def time_recipe(parser, networks, unet, settings: dict, batch_size: int, timed_steps: int | None,
-                repeats: int, device: torch.device, cache_null: bool) -> dict:  # fmt: skip
+def time_recipe(
+    parser,
+    networks,
+    unet,
+    settings: dict,
+    batch_size: int,
+    timed_steps: int | None,
+    repeats: int,
+    device: torch.device,
+    cache_null: bool,
+) -> dict:
     """Seconds per image of one recipe and its parts (medians), with the peak memory of its timed runs."""
-    from scripts.sampling.sampler import initial_latents
     from scripts.networks.text import encode_ids, prompt_ids
+    from scripts.sampling.sampler import initial_latents
 
     steps = int(settings["num_inference_steps"])
     run_steps = steps if timed_steps is None else min(int(timed_steps), steps)
@@ -163,23 +211,36 @@ def time_recipe(parser, networks, unet, settings: dict, batch_size: int, timed_s
     prompts, seeds = [PROMPT] * batch_size, list(range(batch_size))
 
     def encode(texts):
-        return encode_ids(networks["text_encoder"], prompt_ids(tokenizer, texts, null_prompt=null_prompt).to(device)).to(device)
+        return encode_ids(
+            networks["text_encoder"], prompt_ids(tokenizer, texts, null_prompt=null_prompt).to(device)
+        ).to(device)
 
     with torch.inference_mode(), PeakMemory(device) as memory:
         uncond_cached = encode([""] * batch_size)
         # The reference encodes the prompt and the null prompt for every image; ours caches the null one.
-        text_s, context = _timed(lambda: encode(prompts) if cache_null else (encode(prompts), encode([""] * batch_size))[0],
-                                 device, repeats)  # fmt: skip
+        text_s, context = _timed(
+            lambda: encode(prompts) if cache_null else (encode(prompts), encode([""] * batch_size))[0], device, repeats
+        )
         start = initial_latents(seeds, sampler.latent_shape).to(device)
-        loop_s, latents = _timed(lambda: sampler.denoise(unet, start, context, uncond_cached, seeds=seeds), device, repeats)
+        loop_s, latents = _timed(
+            lambda: sampler.denoise(unet, start, context, uncond_cached, seeds=seeds), device, repeats
+        )
         decode_s, _ = _timed(lambda: sampler.decode(latents), device, repeats)
     step_s = loop_s / run_steps
     total_s = text_s + steps * step_s + decode_s
     return {
-        "settings": dict(settings), "batch_size": batch_size, "steps": steps, "timed_steps": run_steps,
-        "text_s": text_s, "step_s": step_s, "decode_s": decode_s, "per_batch_s": total_s,
-        "per_image_s": total_s / batch_size, "images_per_s": batch_size / total_s, "peak_memory_gib": memory.peak / 2**30,
-    }  # fmt: skip
+        "settings": dict(settings),
+        "batch_size": batch_size,
+        "steps": steps,
+        "timed_steps": run_steps,
+        "text_s": text_s,
+        "step_s": step_s,
+        "decode_s": decode_s,
+        "per_batch_s": total_s,
+        "per_image_s": total_s / batch_size,
+        "images_per_s": batch_size / total_s,
+        "peak_memory_gib": memory.peak / 2**30,
+    }
 
 
 def unet_flops(unet, parser, device: torch.device, batch_size: int = 1) -> float:
@@ -189,12 +250,25 @@ def unet_flops(unet, parser, device: torch.device, batch_size: int = 1) -> float
     shape = (batch_size, *parser["latent_shape"])
     context = torch.zeros(batch_size, 77, int(parser["network_def"]["cross_attention_dim"]), device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet(torch.zeros(shape, device=device), timesteps=torch.zeros(batch_size, dtype=torch.long, device=device), context=context)
+        unet(
+            torch.zeros(shape, device=device),
+            timesteps=torch.zeros(batch_size, dtype=torch.long, device=device),
+            context=context,
+        )
     return float(counter.get_total_flops())
 
 
-def parity(model_dir: str, config_file, overrides: dict, samplers, references, num_images: int, seed: int,
-           xrv_weights: str | None, device: torch.device) -> dict:  # fmt: skip
+def parity(
+    model_dir: str,
+    config_file,
+    overrides: dict,
+    samplers,
+    references,
+    num_images: int,
+    seed: int,
+    xrv_weights: str | None,
+    device: torch.device,
+) -> dict:
     """Distances of each sampler ("name-steps", e.g. "dpmpp_2m_karras-15") to each reference, same noise and text.
 
     The first reference is the issue's yardstick (DDIM-200); a long DDIM run (e.g. DDIM-1000) approximates the
@@ -206,8 +280,16 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
 
     info = json.loads((Path(model_dir) / "parity_model.json").read_text())
     files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), TINY_OVERLAY]
-    parser = load_parser(files, {**overrides, "model_dir": str(model_dir), "load_old": False,
-                                 "text_encoder_source": str(Path(model_dir) / "text_encoder"), "scale_factor": info["scale_factor"]})  # fmt: skip
+    parser = load_parser(
+        files,
+        {
+            **overrides,
+            "model_dir": str(model_dir),
+            "load_old": False,
+            "text_encoder_source": str(Path(model_dir) / "text_encoder"),
+            "scale_factor": info["scale_factor"],
+        },
+    )
     networks, _ = build_networks(parser, device)
     _, prompts = synthetic_set(num_images, int(parser["image_size"]), seed=seed + 1000)  # prompts not used in training
     seeds = [seed + i for i in range(num_images)]
@@ -216,9 +298,20 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
     with torch.inference_mode():
         for name in [*references, *samplers]:
             scheduler_name, steps = name.rsplit("-", 1)
-            sampler = make_sampler(parser, networks, {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True}, int(steps))
-            context, uncond = sampler.encode_prompts(prompts).to(device), sampler.encode_prompts([""] * num_images).to(device)
-            latents = sampler.denoise(networks["network"], initial_latents(seeds, sampler.latent_shape).to(device), context, uncond, seeds=seeds)
+            sampler = make_sampler(
+                parser, networks, {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True}, int(steps)
+            )
+            context, uncond = (
+                sampler.encode_prompts(prompts).to(device),
+                sampler.encode_prompts([""] * num_images).to(device),
+            )
+            latents = sampler.denoise(
+                networks["network"],
+                initial_latents(seeds, sampler.latent_shape).to(device),
+                context,
+                uncond,
+                seeds=seeds,
+            )
             images = sampler.decode(latents)
             results[name] = (latents.float(), images, xrv.image_features(densenet, images))
     tables, fewest = {}, {}
@@ -230,7 +323,9 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
             table[name] = {
                 "latent_rmse": float(((latents - ref_latents) ** 2).mean().sqrt()),
                 "pixel_rmse": float(((images - ref_images) ** 2).mean().sqrt()),
-                "feature_distance": float((features - ref_features).norm(dim=1).mean() / ref_features.norm(dim=1).mean()),
+                "feature_distance": float(
+                    (features - ref_features).norm(dim=1).mean() / ref_features.norm(dim=1).mean()
+                ),
             }
         baseline = table.get("ddim-50")
         fewest[reference] = {}
@@ -240,37 +335,61 @@ def parity(model_dir: str, config_file, overrides: dict, samplers, references, n
                 previous = fewest[reference].get(scheduler_name)
                 fewest[reference][scheduler_name] = int(steps) if previous is None else min(previous, int(steps))
     return {
-        "model": str(model_dir), "model_info": {k: v for k, v in info.items() if k != "prompts"}, "num_images": num_images,
-        "feature_network": densenet.weights_source, "distances": tables,
+        "model": str(model_dir),
+        "model_info": {k: v for k, v in info.items() if k != "prompts"},
+        "num_images": num_images,
+        "feature_network": densenet.weights_source,
+        "distances": tables,
         "fewest_steps_as_close_as_ddim_50": fewest,
-    }  # fmt: skip
+    }
 
 
 def print_tables(report: dict) -> None:
     print(f"device: {report['device']}")
     if "timing" in report:
         t = report["timing"]
-        print(f"weights: {t['weights']}; per image = text + steps x step + decode (median of {t['repeats']}, "
-              f"step timed over {t['timed_steps'] or 'all'} steps)")  # fmt: skip
-        header = f"{'recipe':<44}{'batch':>6}{'steps':>6}{'text s':>9}{'step s':>9}{'decode s':>10}{'s/image':>10}{'img/s':>9}{'peak GiB':>10}{'speed-up':>10}"
+        print(
+            f"weights: {t['weights']}; per image = text + steps x step + decode (median of {t['repeats']}, "
+            f"step timed over {t['timed_steps'] or 'all'} steps)"
+        )
+        columns = (("batch", 6), ("steps", 6), ("text s", 9), ("step s", 9), ("decode s", 10), ("s/image", 10))
+        columns += (("img/s", 9), ("peak GiB", 10), ("speed-up", 10))
+        header = f"{'recipe':<44}" + "".join(f"{name:>{width}}" for name, width in columns)
         print(header)
         for row in t["rows"]:
             s = row["settings"]
-            label = (f"{s['scheduler_name']} {'batched' if s['batched_guidance'] else 'separate'} {s['autocast_dtype'] or 'fp32'}"
-                     f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}{' compile' if s['compile'] else ''}")  # fmt: skip
+            label = (
+                f"{s['scheduler_name']} {'batched' if s['batched_guidance'] else 'separate'} "
+                f"{s['autocast_dtype'] or 'fp32'}"
+                f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}"
+                f"{' compile' if s['compile'] else ''}"
+            )
             label = ("reference: " if row["recipe"] == "reference" else "ours: ") + label
-            print(f"{label:<44}{row['batch_size']:>6}{row['steps']:>6}{row['text_s']:>9.2f}{row['step_s']:>9.2f}{row['decode_s']:>10.2f}"
-                  f"{row['per_image_s']:>10.1f}{row['images_per_s']:>9.3f}{row['peak_memory_gib']:>10.2f}{row['speed_up']:>9.1f}x")  # fmt: skip
+            print(
+                f"{label:<44}{row['batch_size']:>6}{row['steps']:>6}{row['text_s']:>9.2f}{row['step_s']:>9.2f}{row['decode_s']:>10.2f}"
+                f"{row['per_image_s']:>10.1f}{row['images_per_s']:>9.3f}{row['peak_memory_gib']:>10.2f}{row['speed_up']:>9.1f}x"
+            )
         if t.get("bound_images_per_s"):
-            print(f"compute bound at {t['peak_tflops']} TFLOP/s: {t['bound_images_per_s']:.2f} images/s ({t['flops_per_image'] / 1e12:.2f} TFLOP/image)")
+            print(
+                f"compute bound at {t['peak_tflops']} TFLOP/s: {t['bound_images_per_s']:.2f} images/s "
+                f"({t['flops_per_image'] / 1e12:.2f} TFLOP/image)"
+            )
     if "parity" in report:
         p = report["parity"]
-        print(f"parity from the same noise and text ({p['num_images']} images, {p['model']}; features: {p['feature_network']})")
+        print(
+            f"parity from the same noise and text ({p['num_images']} images, {p['model']}; features: "
+            f"{p['feature_network']})"
+        )
         for reference, table in p["distances"].items():
             print(f"distance to {reference:<12}{'latent RMSE':>13}{'pixel RMSE':>12}{'feature dist':>14}")
             for name, row in table.items():
-                print(f"  {name:<22}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}")
-            print(f"  fewest steps as close to {reference} as DDIM-50 on all three: {p['fewest_steps_as_close_as_ddim_50'][reference] or 'none of those tried'}")
+                print(
+                    f"  {name:<22}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}"
+                )
+            print(
+                f"  fewest steps as close to {reference} as DDIM-50 on all three: "
+                f"{p['fewest_steps_as_close_as_ddim_50'][reference] or 'none of those tried'}"
+            )
 
 
 def main(
@@ -283,8 +402,17 @@ def main(
     timing: bool = True,
     peak_tflops: float | None = None,
     parity_model_dir: str | None = None,
-    parity_samplers=("ddim-50", "dpmpp_2m-10", "dpmpp_2m-15", "dpmpp_2m-20", "dpmpp_2m_karras-10",
-                     "dpmpp_2m_karras-15", "dpmpp_2m_karras-20", "dpmpp_2m_karras-25", "dpmpp_2m_karras-30"),
+    parity_samplers=(
+        "ddim-50",
+        "dpmpp_2m-10",
+        "dpmpp_2m-15",
+        "dpmpp_2m-20",
+        "dpmpp_2m_karras-10",
+        "dpmpp_2m_karras-15",
+        "dpmpp_2m_karras-20",
+        "dpmpp_2m_karras-25",
+        "dpmpp_2m_karras-30",
+    ),
     parity_references=("ddim-200", "ddim-1000"),
     parity_images: int = 8,
     xrv_weights: str | None = None,
@@ -323,19 +451,53 @@ def main(
         else:
             reference_unet = networks["network"]
         steps = None if full_steps else timed_steps
-        rows = [{"recipe": "reference", **time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False)}]
-        for batch_size in (batch_sizes if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]):
-            rows.append({"recipe": "ours", **time_recipe(parser, networks, networks["network"], ours, int(batch_size), steps, repeats, device, cache_null=True)})
+        rows = [
+            {
+                "recipe": "reference",
+                **time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False),
+            }
+        ]
+        for batch_size in batch_sizes if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]:
+            rows.append(
+                {
+                    "recipe": "ours",
+                    **time_recipe(
+                        parser,
+                        networks,
+                        networks["network"],
+                        ours,
+                        int(batch_size),
+                        steps,
+                        repeats,
+                        device,
+                        cache_null=True,
+                    ),
+                }
+            )
         for row in rows:
             row["speed_up"] = rows[0]["per_image_s"] / row["per_image_s"]
         report["timing"] = {"weights": sources, "repeats": repeats, "timed_steps": steps, "rows": rows}
         if peak_tflops:
             per_image = int(ours["num_inference_steps"]) * unet_flops(networks["network"], parser, device, batch_size=2)
-            report["timing"].update({"peak_tflops": peak_tflops, "flops_per_image": per_image,
-                                     "bound_images_per_s": peak_tflops * 1e12 / per_image})  # fmt: skip
+            report["timing"].update(
+                {
+                    "peak_tflops": peak_tflops,
+                    "flops_per_image": per_image,
+                    "bound_images_per_s": peak_tflops * 1e12 / per_image,
+                }
+            )
     if parity_model_dir:
-        report["parity"] = parity(parity_model_dir, config_file, overrides, list(parity_samplers), list(parity_references),
-                                  parity_images, seed, xrv_weights, device)
+        report["parity"] = parity(
+            parity_model_dir,
+            config_file,
+            overrides,
+            list(parity_samplers),
+            list(parity_references),
+            parity_images,
+            seed,
+            xrv_weights,
+            device,
+        )
     Path(output_json).write_text(json.dumps(report, indent=2))
     print_tables(report)
     print(f"report written to {output_json}")

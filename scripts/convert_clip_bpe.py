@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.convert_clip_bpe` (CLIP BPE file to tokenizer files). The implementation is `scripts.distribution.convert_clip_bpe`."""
+"""Command line: `python -m scripts.convert_clip_bpe`, CLIP BPE file to tokenizer files.
+
+The implementation is `scripts.distribution.convert_clip_bpe`.
+"""
 
 from scripts.distribution.convert_clip_bpe import convert
 

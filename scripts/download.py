@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.download` (fetch the large files of large_files.yml). The implementation is `scripts.distribution.download`."""
+"""Command line: `python -m scripts.download`, fetch the large files of large_files.yml.
+
+The implementation is `scripts.distribution.download`.
+"""
 
 from scripts.distribution.download import main
 

@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.fid` (FID between two image sets). The implementation is `scripts.evaluation.fid`."""
+"""Command line: `python -m scripts.fid`, FID between two image sets.
+
+The implementation is `scripts.evaluation.fid`.
+"""
 
 from scripts.evaluation.fid import main
 

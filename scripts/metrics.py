@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.metrics diversity ...` (MS-SSIM diversity of a folder). The implementation is `scripts.evaluation.metrics`."""
+"""Command line: `python -m scripts.metrics diversity ...`, MS-SSIM diversity of a folder.
+
+The implementation is `scripts.evaluation.metrics`.
+"""
 
 from scripts.evaluation.metrics import diversity_cli
 

@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.pack` (the model-zoo release zip). The implementation is `scripts.distribution.pack`."""
+"""Command line: `python -m scripts.pack`, the model-zoo release zip.
+
+The implementation is `scripts.distribution.pack`.
+"""
 
 from scripts.distribution.pack import pack
 

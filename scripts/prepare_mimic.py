@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.prepare_mimic` (prepare MIMIC-CXR or own data for training). The implementation is `scripts.data.prepare`."""
+"""Command line: `python -m scripts.prepare_mimic`, prepare MIMIC-CXR or own data for training.
+
+The implementation is `scripts.data.prepare`.
+"""
 
 from scripts.data.prepare import main
 

@@ -1,4 +1,7 @@
-"""Command line: `python -m scripts.synthetic_mimic` (a synthetic MIMIC-format data set). The implementation is `scripts.data.synthetic`."""
+"""Command line: `python -m scripts.synthetic_mimic`, a synthetic MIMIC-format data set.
+
+The implementation is `scripts.data.synthetic`.
+"""
 
 from scripts.data.synthetic import main
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def progress(iterable: Iterable, total: int | None = None, description: str = "", enabled: bool = True, unit: str = "it"):
+def progress(
+    iterable: Iterable, total: int | None = None, description: str = "", enabled: bool = True, unit: str = "it"
+):
     """``iterable`` under a tqdm progress bar (``total`` items), or ``iterable`` itself when not ``enabled``."""
     if not enabled:
         return iterable

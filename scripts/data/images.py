@@ -18,7 +18,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pt")
 
 
 def load_image_file(path: str) -> torch.Tensor:
-    """(1, H, W) float32 in [0, 1] from an 8-bit (grey or RGB→grey) or 16-bit grey PNG/JPEG or a ``.pt`` tensor in [0, 1]."""
+    """(1, H, W) float32 in [0, 1] of an image file.
+
+    Reads 8-bit (grey, or RGB made grey) and 16-bit grey PNG/JPEG files, and ``.pt`` tensors in [0, 1].
+    """
     if path.endswith(".pt"):
         image = torch.load(path, map_location="cpu", weights_only=True).float()
         if image.ndim == 2:
@@ -45,7 +48,9 @@ def folder_items(folder: str, limit: int | None = None) -> list[dict]:
     """Sorted ``{"image": path, "name": file name}`` items of the image files in ``folder`` (first ``limit``)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Image folder '{folder}' does not exist: point the set at a folder of {IMAGE_EXTENSIONS} images.")
+        raise FileNotFoundError(
+            f"Image folder '{folder}' does not exist: point the set at a folder of {IMAGE_EXTENSIONS} images."
+        )
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
     if not names:
         raise ValueError(f"Image folder '{folder}' contains no {IMAGE_EXTENSIONS} files.")
@@ -57,7 +62,9 @@ def datalist_items(datalist_file: str, section: str, dataset_dir: str, limit: in
     from monai.data import load_decathlon_datalist
 
     if not os.path.isfile(datalist_file):
-        raise FileNotFoundError(f"Datalist '{datalist_file}' not found: prepare the data set first (python -m scripts.prepare_mimic).")
+        raise FileNotFoundError(
+            f"Datalist '{datalist_file}' not found: prepare the data set first (python -m scripts.prepare_mimic)."
+        )
     items = load_decathlon_datalist(datalist_file, is_segmentation=False, data_list_key=section, base_dir=dataset_dir)
     if not items:
         raise ValueError(f"Datalist '{datalist_file}' has no items in section '{section}'.")

@@ -18,8 +18,9 @@ Images already written by an earlier run (with the same settings) are kept, so a
 resumed by running the same command again. Every file is written to a temporary name and renamed when
 complete. A report without FINDINGS/IMPRESSION headers gives the sentences of its last paragraph, as
 MIMIC-CXR's own section extractor does (counted as ``reports_from_last_paragraph``). Unreadable images,
-missing reports and reports with no usable text are skipped and listed in ``output_dir/skipped.csv``; ``output_dir/summary.json`` holds the counts. The command fails
-(exit code 1) only when no usable image was produced.
+missing reports and reports with no usable text are skipped and listed in ``output_dir/skipped.csv``;
+``output_dir/summary.json`` holds the counts. The command fails (exit code 1) only when no usable image
+was produced.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from scripts.data.report_sections import report_sentences_with_fallback
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path, atomic_write_text, remove_leftovers
 from scripts.common.progress import progress as progress_bar
+from scripts.data.report_sections import report_sentences_with_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,16 @@ def _find_table(root: Path, name: str, given: str | None) -> Path:
 
 def read_image_table(metadata_csv: Path, split_csv: Path, view_positions: tuple[str, ...]) -> pd.DataFrame:
     """Rows (dicom_id, subject_id, study_id, split) of the images with a wanted view, checked to be patient-level."""
-    metadata = pd.read_csv(metadata_csv, dtype={"dicom_id": str}, usecols=lambda c: c in {"dicom_id", "subject_id", "study_id", "ViewPosition"})
+    metadata = pd.read_csv(
+        metadata_csv,
+        dtype={"dicom_id": str},
+        usecols=lambda c: c in {"dicom_id", "subject_id", "study_id", "ViewPosition"},
+    )
     splits = pd.read_csv(split_csv, dtype={"dicom_id": str, "split": str})
-    for table, path, columns in ((metadata, metadata_csv, ("dicom_id", "subject_id", "study_id", "ViewPosition")), (splits, split_csv, ("dicom_id", "split"))):
+    for table, path, columns in (
+        (metadata, metadata_csv, ("dicom_id", "subject_id", "study_id", "ViewPosition")),
+        (splits, split_csv, ("dicom_id", "split")),
+    ):
         missing = [column for column in columns if column not in table.columns]
         if missing:
             raise PreparationError(f"'{path}' has no column(s) {missing}: is it the MIMIC-CXR-JPG table?")
@@ -108,7 +116,10 @@ class ReportSource:
             # the official zip has a top folder ("files/..." or "mimic-cxr-reports/files/..."): index by file name
             self.members = {Path(name).name: name for name in self.archive.namelist() if name.endswith(".txt")}
         elif not self.path.is_dir():
-            raise PreparationError(f"Reports '{self.path}' is neither a folder nor a zip file: give --reports the reports tree or mimic-cxr-reports.zip.")
+            raise PreparationError(
+                f"Reports '{self.path}' is neither a folder nor a zip file: give --reports the reports tree or "
+                "mimic-cxr-reports.zip."
+            )
         else:
             self.tree = self.path / "files" if (self.path / "files").is_dir() else self.path
 
@@ -137,7 +148,9 @@ def resize_image(source: str, destination: str, short_side: int, quality: int) -
                 # 12/16-bit data rarely fills the container: stretch the image's own range to 8 bits
                 pixels = np.asarray(image, dtype=np.float32)
                 low, high = float(pixels.min()), float(pixels.max())
-                image = Image.fromarray(((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L")
+                image = Image.fromarray(
+                    ((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L"
+                )
             image = image.convert("L")
             width, height = image.size
             scale = short_side / min(width, height)
@@ -148,7 +161,10 @@ def resize_image(source: str, destination: str, short_side: int, quality: int) -
             with atomic_path(destination) as temporary:
                 image.save(temporary, format="PNG" if destination.endswith(".png") else "JPEG", quality=quality)
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated / corrupt files
-        return destination, f"unreadable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        return (
+            destination,
+            f"unreadable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+        )
     return destination, ""
 
 
@@ -221,7 +237,9 @@ def prepare(
         raise PreparationError(f"short_side must be at least 8 pixels, got {short_side}.")
     if not root.is_dir():
         raise PreparationError(f"mimic_dir '{root}' is not a folder: give the MIMIC-CXR-JPG root (it holds 'files/').")
-    images = read_image_table(_find_table(root, METADATA_CSV, metadata_csv), _find_table(root, SPLIT_CSV, split_csv), view_positions)
+    images = read_image_table(
+        _find_table(root, METADATA_CSV, metadata_csv), _find_table(root, SPLIT_CSV, split_csv), view_positions
+    )
     if limit is not None:
         images = images.head(int(limit))
     source = ReportSource(Path(reports) if reports else root)
@@ -233,7 +251,8 @@ def prepare(
         previous = json.loads(settings_path.read_text())
         if previous != settings:
             raise PreparationError(
-                f"'{output}' was prepared with {previous}, not {settings}: use another --output_dir, or the same settings to resume."
+                f"'{output}' was prepared with {previous}, not {settings}: use another --output_dir, or the same "
+                "settings to resume."
             )
     else:
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
@@ -271,7 +290,14 @@ def prepare(
         if (output / relative).is_file():
             counts["images_already_done"] += 1
         else:
-            original = root / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / f"s{row.study_id}" / f"{row.dicom_id}.jpg"
+            original = (
+                root
+                / "files"
+                / f"p{str(row.subject_id)[:2]}"
+                / f"p{row.subject_id}"
+                / f"s{row.study_id}"
+                / f"{row.dicom_id}.jpg"
+            )
             if not original.is_file() and original.with_suffix(".png").is_file():  # own data may be PNG
                 original = original.with_suffix(".png")
             tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
@@ -285,7 +311,9 @@ def prepare(
             results = pool.map(_resize_in_worker, tasks, chunksize=max(1, min(64, len(tasks) // (4 * workers))))
             results = list(progress_bar(results, len(tasks), "images", enabled=progress, unit="img"))
     else:
-        results = [resize_image(*task) for task in progress_bar(tasks, len(tasks), "images", enabled=progress, unit="img")]
+        results = [
+            resize_image(*task) for task in progress_bar(tasks, len(tasks), "images", enabled=progress, unit="img")
+        ]
     for destination, reason in results:
         relative = Path(destination).relative_to(output).as_posix()
         if reason:
@@ -349,4 +377,6 @@ def main(
     print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} skipped, listed in skipped.csv).")
 
 
-main.__doc__ = "Prepare MIMIC-CXR-JPG-format data for training; prints the summary.\n" + prepare.__doc__.split("\n", 1)[1]
+main.__doc__ = (
+    "Prepare MIMIC-CXR-JPG-format data for training; prints the summary.\n" + prepare.__doc__.split("\n", 1)[1]
+)

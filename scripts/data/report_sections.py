@@ -47,9 +47,23 @@ OTHER_SECTIONS = {
 
 #: Words ending in "." that do not end a sentence.
 ABBREVIATIONS = {
-    "approx", "apprx", "cf", "dr", "e.g", "eg", "fig", "i.e", "ie", "incl", "mr", "mrs", "ms", "st", "vs",
+    "approx",
+    "apprx",
+    "cf",
+    "dr",
+    "e.g",
+    "eg",
+    "fig",
+    "i.e",
+    "ie",
+    "incl",
+    "mr",
+    "mrs",
+    "ms",
+    "st",
+    "vs",
     "viz",
-}  # fmt: skip
+}
 
 # A header at the start of a line: a short label (letters, spaces, "&", "/", "-") and a colon.
 _LINE_HEADER = re.compile(r"^[ \t]*(?P<label>[A-Za-z][A-Za-z &/()'-]{0,48}?)[ \t]*:", re.MULTILINE)
@@ -112,7 +126,11 @@ def extract_sections(text: str) -> dict[str, str]:
 def _section_bodies(text: str) -> dict[str, list[str]]:
     """Raw text (line breaks kept) of each FINDINGS / IMPRESSION section of ``text``, in order."""
     headers: dict[int, tuple[int, str]] = {}  # start -> (end of header, kind)
-    for pattern, options in ((_LINE_HEADER, {}), (_INLINE_HEADER, {"known_only": True}), (_BARE_HEADER, {"require_target": True})):
+    for pattern, options in (
+        (_LINE_HEADER, {}),
+        (_INLINE_HEADER, {"known_only": True}),
+        (_BARE_HEADER, {"require_target": True}),
+    ):
         for match in pattern.finditer(text):
             kind = classify_header(match.group("label"), **options)
             if kind is None:
@@ -164,7 +182,9 @@ def split_sentences(text: str) -> list[str]:
 def report_sentences(text: str) -> list[str]:
     """Findings sentences followed by impression sentences of a report (``[]`` when it has neither)."""
     bodies = _section_bodies(text)
-    return [sentence for kind in ("findings", "impression") for body in bodies[kind] for sentence in split_sentences(body)]
+    return [
+        sentence for kind in ("findings", "impression") for body in bodies[kind] for sentence in split_sentences(body)
+    ]
 
 
 def last_paragraph_sentences(text: str) -> list[str]:

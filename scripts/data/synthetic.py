@@ -7,8 +7,8 @@ writes::
     output_dir/
       files/p10/p10000032/s50414267/<dicom_id>.jpg   8-bit grayscale radiographs (PA, some LATERAL / AP)
       files/p10/p10000032/s50414267.txt              the study's free-text report
-      mimic-cxr-2.0.0-metadata.csv.gz                dicom_id, subject_id, study_id, ..., ViewPosition, Rows, Columns, ...
-      mimic-cxr-2.0.0-split.csv.gz                   dicom_id, study_id, subject_id, split (train/validate/test, per subject)
+      mimic-cxr-2.0.0-metadata.csv.gz                dicom_id, subject_id, study_id, ..., ViewPosition, Rows, ...
+      mimic-cxr-2.0.0-split.csv.gz                   dicom_id, study_id, subject_id, split (per subject)
       mimic-cxr-2.0.0-chexpert.csv.gz                subject_id, study_id, 14 CheXpert labels (1.0 or empty)
       synthetic-findings.csv.gz                      per study: drawn findings and the report's sentences (JSON)
       mimic-cxr-reports.zip                          (with --reports zip/both) the reports as MIMIC ships them
@@ -26,7 +26,6 @@ import csv
 import gzip
 import io
 import json
-import os
 import textwrap
 import zipfile
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
 from scripts.common.files import atomic_path
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -43,15 +43,35 @@ FINDINGS_CSV = "synthetic-findings.csv.gz"
 REPORTS_ZIP = "mimic-cxr-reports.zip"
 
 METADATA_COLUMNS = [
-    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-    "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
-]  # fmt: skip
+]
 CHEXPERT_LABELS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-]  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+]
 DRAW_WIDTH = 320
 VIEW_MEANINGS = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
 
@@ -93,20 +113,51 @@ def draw_findings(rng: np.random.Generator) -> StudyFindings:
 
 def _findings_sentences(findings: StudyFindings, rng: np.random.Generator) -> list[str]:
     pick = lambda options: str(rng.choice(options))  # noqa: E731
-    sentences = [pick(["Lung volumes are normal.", "The lungs are well expanded.", "PA and lateral views of the chest were obtained."])]
+    sentences = [
+        pick(
+            [
+                "Lung volumes are normal.",
+                "The lungs are well expanded.",
+                "PA and lateral views of the chest were obtained.",
+            ]
+        )
+    ]
     if findings.cardiomegaly:
-        sentences.append(pick(["The heart is moderately enlarged.", "There is moderate cardiomegaly.", "The cardiac silhouette is enlarged."]))
+        sentences.append(
+            pick(
+                [
+                    "The heart is moderately enlarged.",
+                    "There is moderate cardiomegaly.",
+                    "The cardiac silhouette is enlarged.",
+                ]
+            )
+        )
     else:
-        sentences.append(pick(["The cardiomediastinal silhouette is normal.", "Heart size is normal.", "The heart is normal in size."]))
+        sentences.append(
+            pick(
+                ["The cardiomediastinal silhouette is normal.", "Heart size is normal.", "The heart is normal in size."]
+            )
+        )
     side, size = findings.effusion_side, findings.effusion_size
     if side == "bilateral":
         sentences.append(f"There are {size} bilateral pleural effusions.")
     elif side:
-        sentences.append(pick([f"There is a {size} {side} pleural effusion.", f"A {size} {side}-sided pleural effusion is present."]))
+        sentences.append(
+            pick([f"There is a {size} {side} pleural effusion.", f"A {size} {side}-sided pleural effusion is present."])
+        )
     if findings.pneumothorax_side:
-        sentences.append(pick([f"There is a {findings.pneumothorax_side} apical pneumothorax.", f"A {findings.pneumothorax_side}-sided pneumothorax is seen."]))
+        sentences.append(
+            pick(
+                [
+                    f"There is a {findings.pneumothorax_side} apical pneumothorax.",
+                    f"A {findings.pneumothorax_side}-sided pneumothorax is seen.",
+                ]
+            )
+        )
     if not side and not findings.pneumothorax_side:
-        sentences.append(pick(["There is no pleural effusion or pneumothorax.", "No pleural effusion or pneumothorax is seen."]))
+        sentences.append(
+            pick(["There is no pleural effusion or pneumothorax.", "No pleural effusion or pneumothorax is seen."])
+        )
     elif not side:
         sentences.append("No pleural effusion is seen.")
     elif not findings.pneumothorax_side:
@@ -149,25 +200,34 @@ def write_report(findings: StudyFindings, view_names: str, rng: np.random.Genera
     preamble = (
         "                                 FINAL REPORT\n"
         f" EXAMINATION:  CHEST ({view_names})\n \n"
-        f" INDICATION:  ___{rng.choice(['F', 'M'])} with {rng.choice(['cough', 'shortness of breath', 'chest pain', 'fever'])}"
+        f" INDICATION:  ___{rng.choice(['F', 'M'])} with "
+        f"{rng.choice(['cough', 'shortness of breath', 'chest pain', 'fever'])}"
         f"  // {rng.choice(['eval for pneumonia', 'eval for effusion', 'r/o acute process'])}\n \n"
         f" TECHNIQUE:  Chest {view_names.lower()}\n \n"
         f" COMPARISON:  {rng.choice(['None.', '___.', 'Chest radiograph from ___.'])}\n \n"
     )
-    style = rng.choice(["upper", "title_inline", "combined", "impression_only", "numbered", "misspelled"], p=[0.45, 0.15, 0.1, 0.1, 0.1, 0.1])
+    style = rng.choice(
+        ["upper", "title_inline", "combined", "impression_only", "numbered", "misspelled"],
+        p=[0.45, 0.15, 0.1, 0.1, 0.1, 0.1],
+    )
     if style == "combined":
         body = f" FINDINGS AND IMPRESSION:\n{_wrap(findings_sentences + impression_sentences)}\n"
     elif style == "impression_only":
         findings_sentences = []
         body = f" IMPRESSION: \n \n{_wrap(impression_sentences)}\n"
     elif style == "title_inline":
-        body = f" Findings: {_wrap(findings_sentences).strip()}\n \n Impression: {_wrap(impression_sentences).strip()}\n"
+        body = (
+            f" Findings: {_wrap(findings_sentences).strip()}\n \n Impression: {_wrap(impression_sentences).strip()}\n"
+        )
     elif style == "numbered" and len(impression_sentences) > 1:
         numbered = "\n".join(f" {i}. {sentence}" for i, sentence in enumerate(impression_sentences, 1))
         body = f" FINDINGS: \n \n{_wrap(findings_sentences)}\n \n IMPRESSION: \n \n{numbered}\n"
     else:
-        findings_header, impression_header = ("FINDNGS", "IMPRESSON") if style == "misspelled" else ("FINDINGS", "IMPRESSION")
-        body = f" {findings_header}: \n \n{_wrap(findings_sentences)}\n \n {impression_header}: \n \n{_wrap(impression_sentences)}\n"
+        findings_header, impression_header = (
+            ("FINDNGS", "IMPRESSON") if style == "misspelled" else ("FINDINGS", "IMPRESSION")
+        )
+        findings_text, impression_text = _wrap(findings_sentences), _wrap(impression_sentences)
+        body = f" {findings_header}: \n \n{findings_text}\n \n {impression_header}: \n \n{impression_text}\n"
     if rng.random() < 0.2 and not findings.no_finding:
         body += " \n NOTIFICATION:  The findings were discussed with Dr. ___ by telephone at 10:15 on ___.\n"
     return preamble + body, findings_sentences + impression_sentences
@@ -183,7 +243,9 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
     return np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BICUBIC)).clip(0, 1)
 
 
-def draw_radiograph(findings: StudyFindings, height: int, width: int, rng: np.random.Generator, view: str = "PA") -> np.ndarray:
+def draw_radiograph(
+    findings: StudyFindings, height: int, width: int, rng: np.random.Generator, view: str = "PA"
+) -> np.ndarray:
     """A chest-radiograph-like uint8 image (height, width) showing ``findings``; row 0 is the top (head).
 
     Frontal views (PA/AP) follow the radiological convention (patient's right on the image's left).
@@ -238,7 +300,9 @@ def draw_radiograph(findings: StudyFindings, height: int, width: int, rng: np.ra
     picture = picture.filter(ImageFilter.GaussianBlur(max(0.6, width / 256)))
     if (width, height) != (full_width, full_height):
         picture = picture.resize((full_width, full_height), Image.Resampling.BICUBIC)
-    image = np.asarray(picture, dtype=np.float32) + rng.standard_normal((full_height, full_width), dtype=np.float32) * 3.0
+    image = (
+        np.asarray(picture, dtype=np.float32) + rng.standard_normal((full_height, full_width), dtype=np.float32) * 3.0
+    )
     return image.clip(0, 255).round().astype(np.uint8)
 
 
@@ -264,7 +328,11 @@ def _dicom_id(rng: np.random.Generator) -> str:
 def _split_of(index: int, num_subjects: int) -> str:
     """Patient-level split: ~80/10/10, and each split has a subject as soon as there are 3 subjects."""
     if num_subjects < 10:
-        return {num_subjects - 1: "test", num_subjects - 2: "validate"}.get(index, "train") if num_subjects >= 3 else "train"
+        return (
+            {num_subjects - 1: "test", num_subjects - 2: "validate"}.get(index, "train")
+            if num_subjects >= 3
+            else "train"
+        )
     return {8: "validate", 9: "test"}.get(index % 10, "train")
 
 
@@ -300,7 +368,9 @@ def generate(
         subject_id = 10_000_000 + 9_973 * index + int(rng.integers(0, 9_000))
         subject_dir = f"files/p{str(subject_id)[:2]}/p{subject_id}"
         for study_index in range(int(rng.integers(1, int(max_studies_per_subject) + 1))):
-            study_id = 50_000_000 + 4_001 * (index * int(max_studies_per_subject) + study_index) + int(rng.integers(0, 4_000))
+            study_id = (
+                50_000_000 + 4_001 * (index * int(max_studies_per_subject) + study_index) + int(rng.integers(0, 4_000))
+            )
             findings = draw_findings(rng)
             views = ["AP"] if rng.random() < 0.1 else ["PA"] + (["LATERAL"] if rng.random() < 0.6 else [])
             view_names = " AND ".join("LAT" if view == "LATERAL" else view for view in views)
@@ -317,28 +387,52 @@ def generate(
                 Image.fromarray(pixels, mode="L").save(image_path, quality=95)
                 metadata.append(
                     {
-                        "dicom_id": dicom_id, "subject_id": subject_id, "study_id": study_id,
-                        "PerformedProcedureStepDescription": f"CHEST ({view_names})", "ViewPosition": view,
-                        "Rows": height, "Columns": width, "StudyDate": date, "StudyTime": f"{int(rng.integers(0, 235959)):06d}.000",
+                        "dicom_id": dicom_id,
+                        "subject_id": subject_id,
+                        "study_id": study_id,
+                        "PerformedProcedureStepDescription": f"CHEST ({view_names})",
+                        "ViewPosition": view,
+                        "Rows": height,
+                        "Columns": width,
+                        "StudyDate": date,
+                        "StudyTime": f"{int(rng.integers(0, 235959)):06d}.000",
                         "ProcedureCodeSequence_CodeMeaning": f"CHEST ({view_names})",
-                        "ViewCodeSequence_CodeMeaning": VIEW_MEANINGS[view], "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+                        "ViewCodeSequence_CodeMeaning": VIEW_MEANINGS[view],
+                        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
                     }
-                )  # fmt: skip
-                split_rows.append({"dicom_id": dicom_id, "study_id": study_id, "subject_id": subject_id, "split": _split_of(index, int(num_subjects))})
+                )
+                split_rows.append(
+                    {
+                        "dicom_id": dicom_id,
+                        "study_id": study_id,
+                        "subject_id": subject_id,
+                        "split": _split_of(index, int(num_subjects)),
+                    }
+                )
             labels = {
                 "Cardiomegaly": findings.cardiomegaly,
                 "Pleural Effusion": bool(findings.effusion_side),
                 "Pneumothorax": bool(findings.pneumothorax_side),
                 "No Finding": findings.no_finding,
             }
-            chexpert_rows.append({"subject_id": subject_id, "study_id": study_id, **{name: "1.0" if labels.get(name) else "" for name in CHEXPERT_LABELS}})
+            chexpert_rows.append(
+                {
+                    "subject_id": subject_id,
+                    "study_id": study_id,
+                    **{name: "1.0" if labels.get(name) else "" for name in CHEXPERT_LABELS},
+                }
+            )
             findings_rows.append(
                 {
-                    "subject_id": subject_id, "study_id": study_id, "cardiomegaly": int(findings.cardiomegaly),
-                    "effusion_side": findings.effusion_side, "effusion_size": findings.effusion_size,
-                    "pneumothorax_side": findings.pneumothorax_side, "sentences": json.dumps(findings.sentences),
+                    "subject_id": subject_id,
+                    "study_id": study_id,
+                    "cardiomegaly": int(findings.cardiomegaly),
+                    "effusion_side": findings.effusion_side,
+                    "effusion_size": findings.effusion_size,
+                    "pneumothorax_side": findings.pneumothorax_side,
+                    "sentences": json.dumps(findings.sentences),
                 }
-            )  # fmt: skip
+            )
     if reports in ("tree", "both"):
         for name, text in report_files.items():
             (root / name).write_text(text)

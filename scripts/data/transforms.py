@@ -87,7 +87,13 @@ class Tokenized(MapTransform):
         output_key: key of the ids (``"prompt_ids"``).
     """
 
-    def __init__(self, keys: KeysCollection = "report", tokenizer=None, output_key: str = "prompt_ids", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection = "report",
+        tokenizer=None,
+        output_key: str = "prompt_ids",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         if tokenizer is None:
             raise ValueError("Tokenized needs the bundle's tokenizer: pass tokenizer=@tokenizer.")
@@ -125,7 +131,10 @@ class RandNullPromptd(RandomizableTransform, MapTransform):
             raise ValueError(f"null_prompt_prob must be in [0, 1], got {prob}.")
         RandomizableTransform.__init__(self, prob=float(prob))
         if null_prompt_ids is None or tuple(torch.as_tensor(null_prompt_ids).shape) != (MAX_TOKENS,):
-            raise ValueError(f"null_prompt_ids must be a LongTensor of shape ({MAX_TOKENS},): pass scripts.networks.text.null_prompt_ids(@tokenizer, @null_prompt).")
+            raise ValueError(
+                f"null_prompt_ids must be a LongTensor of shape ({MAX_TOKENS},): pass "
+                "scripts.networks.text.null_prompt_ids(@tokenizer, @null_prompt)."
+            )
         self.null_prompt_ids = torch.as_tensor(null_prompt_ids, dtype=torch.long)
         self.text_key = text_key
 

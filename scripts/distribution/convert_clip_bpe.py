@@ -14,7 +14,6 @@ import gzip
 import json
 import os
 
-
 # CLIP keeps the first 49,152 - 256 - 2 merges of the file: 256 byte tokens, 256 end-of-word byte
 # tokens, the merges, and the two special tokens make the 49,408-entry vocabulary.
 VOCAB_SIZE = 49408

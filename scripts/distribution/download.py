@@ -21,9 +21,10 @@ import urllib.error
 import urllib.request
 
 import yaml
+
 from scripts.common.errors import CxrLdmError
-from scripts.common.hashing import file_digest
 from scripts.common.files import atomic_path
+from scripts.common.hashing import file_digest
 
 CHUNK = 1 << 20
 TEXT_ENCODER_TARGET = "text_encoder"
@@ -87,9 +88,17 @@ def fetch(url: str, destination: str, timeout: float = 60.0, progress: bool = Tr
             offset = 0
         total = response.headers.get("Content-Length")
         total = int(total) + offset if total is not None else None
-        with open(partial, "ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=os.path.basename(destination), disable=not progress
-        ) as bar:
+        with (
+            open(partial, "ab" if offset else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=os.path.basename(destination),
+                disable=not progress,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))
@@ -102,11 +111,14 @@ def manual_instructions(entry: dict, bundle_dir: str) -> str:
     return (
         f"Could not download '{entry['path']}'. Download it by hand from one of\n    "
         + "\n    ".join(sources)
-        + f"\nand save it as '{os.path.join(bundle_dir, entry['path'])}' ({checksum}); then re-run this command to check it."
+        + f"\nand save it as '{os.path.join(bundle_dir, entry['path'])}' ({checksum}); then re-run this command to "
+        "check it."
     )
 
 
-def download_entry(entry: dict, bundle_dir: str = ".", retries: int = 3, timeout: float = 60.0, progress: bool = True) -> str:
+def download_entry(
+    entry: dict, bundle_dir: str = ".", retries: int = 3, timeout: float = 60.0, progress: bool = True
+) -> str:
     """Make ``entry``'s file present and verified in ``bundle_dir``; return its path."""
     destination = os.path.join(bundle_dir, entry["path"])
     if os.path.isfile(destination):
@@ -147,7 +159,9 @@ def convert_text_encoder(openclip_file: str, output_dir: str) -> str:
     return output_dir
 
 
-def main(*names: str, bundle_dir: str = ".", large_files: str | None = None, retries: int = 3, timeout: float = 60.0) -> None:
+def main(
+    *names: str, bundle_dir: str = ".", large_files: str | None = None, retries: int = 3, timeout: float = 60.0
+) -> None:
     """Download the large files named in ``names`` (paths or file names; none: all of them).
 
     ``text_encoder`` fetches the OpenCLIP ViT-H/14 entry and converts it into ``models/text_encoder``.

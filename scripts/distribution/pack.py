@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from scripts.common.files import atomic_path, is_temporary
 
+from scripts.common.files import atomic_path, is_temporary
 
 BUNDLE_NAME = "cxr_ldm"
 PACKED_FOLDERS = ("configs", "scripts", "tokenizer", "docs")

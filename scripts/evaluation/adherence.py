@@ -42,33 +42,56 @@ def adherence(
     if NO_FINDING not in by_kind:
         return []
     label_index = {name: i for i, name in enumerate(classifier.pathologies) if name}
-    probabilities = lambda items: torch.cat([xrv.pathology_probabilities(classifier, images) for _, images in iterate_images(items, batch_size=batch_size)])  # noqa: E731
+
+    def probabilities(items: Sequence[dict], transform: Callable | None = None) -> torch.Tensor:
+        """(N, 18) classifier probabilities of the images of ``items``."""
+        batches = iterate_images(items, transform, batch_size=batch_size)
+        return torch.cat([xrv.pathology_probabilities(classifier, images) for _, images in batches])
+
     baseline = probabilities(set_files(by_kind[NO_FINDING], samples_dir))
     real_probabilities, real_labels = None, None
     if labels_file and real_items:
         labels = read_chexpert_labels(labels_file)
         real_labels = [labels.get(str(item.get("study_id", "")).lstrip("s"), {}) for item in real_items]
-        real_probabilities = torch.cat([xrv.pathology_probabilities(classifier, images) for _, images in iterate_images(real_items, real_transform, batch_size=batch_size)])
+        real_probabilities = probabilities(real_items, real_transform)
     rows = []
     for sample_set in sets:
         if sample_set["kind"] != FINDING:
             continue
         label = sample_set.get("xrv_label")
-        row = {"finding": sample_set["finding"], "prompt": sample_set["rows"][0]["prompt"], "xrv_label": label,
-               "num_samples": sample_set["rows"][0]["num_samples"], "mean_probability": None, "no_finding_mean_probability": None,
-               "difference": None, "auroc_generated": None, "auroc_real": None, "num_real_positive": 0, "num_real_negative": 0}
+        row = {
+            "finding": sample_set["finding"],
+            "prompt": sample_set["rows"][0]["prompt"],
+            "xrv_label": label,
+            "num_samples": sample_set["rows"][0]["num_samples"],
+            "mean_probability": None,
+            "no_finding_mean_probability": None,
+            "difference": None,
+            "auroc_generated": None,
+            "auroc_real": None,
+            "num_real_positive": 0,
+            "num_real_negative": 0,
+        }
         if label in label_index:
             column = label_index[label]
             own = probabilities(set_files(sample_set, samples_dir))[:, column].numpy()
             base = baseline[:, column].numpy()
-            row.update(mean_probability=float(own.mean()), no_finding_mean_probability=float(base.mean()),
-                       difference=float(own.mean() - base.mean()), auroc_generated=auroc(own, base))
+            row.update(
+                mean_probability=float(own.mean()),
+                no_finding_mean_probability=float(base.mean()),
+                difference=float(own.mean() - base.mean()),
+                auroc_generated=auroc(own, base),
+            )
             if real_probabilities is not None:
                 # CheXpert: 1 positive, 0 negative, -1 uncertain (left out), blank = not mentioned (negative)
                 values = [lab.get(sample_set["finding"], math.nan) for lab in real_labels]
                 scores = real_probabilities[:, column].numpy()
                 positive = [s for s, v in zip(scores, values) if v == 1.0]
                 negative = [s for s, v, lab in zip(scores, values, real_labels) if lab and (v == 0.0 or math.isnan(v))]
-                row.update(auroc_real=auroc(positive, negative), num_real_positive=len(positive), num_real_negative=len(negative))
+                row.update(
+                    auroc_real=auroc(positive, negative),
+                    num_real_positive=len(positive),
+                    num_real_negative=len(negative),
+                )
         rows.append(row)
     return rows

@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from scripts.evaluation import xrv
-from scripts.data.images import datalist_items, folder_items, iterate_images
 from scripts.common.files import atomic_path, atomic_write_json
 from scripts.common.progress import progress as progress_bar
+from scripts.data.images import datalist_items, folder_items, iterate_images
+from scripts.evaluation import xrv
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def set_features(
                     return cached["features"]
     features = []
     batches = iterate_images(items, transform, batch_size=batch_size)
-    for _, images in progress_bar(batches, total=-(-len(items) // batch_size), description=f"features {set_name}", enabled=progress):
+    for _, images in progress_bar(
+        batches, total=-(-len(items) // batch_size), description=f"features {set_name}", enabled=progress
+    ):
         features.append(xrv.image_features(model, images, protocol, role).numpy())
     features = np.concatenate(features).astype(np.float32)
     if cache_path:
@@ -178,8 +180,16 @@ def main(
     xrv.get_protocol(protocol)
     model = xrv.load_densenet(xrv_weights, device=device)
     features = [
-        set_features(model, items_for(spec, dataset_dir, limit), os.path.basename(os.path.normpath(spec.split("#")[0])),
-                     protocol, role, cache_dir=cache_dir, batch_size=batch_size, progress=True)
+        set_features(
+            model,
+            items_for(spec, dataset_dir, limit),
+            os.path.basename(os.path.normpath(spec.split("#")[0])),
+            protocol,
+            role,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            progress=True,
+        )
         for spec, role in ((set_a, role_a), (set_b, role_b))
     ]
     summary = fid_summary(*features, protocol=protocol, weights_source=model.weights_source)

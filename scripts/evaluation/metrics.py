@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+
 from scripts.common.files import atomic_path
 from scripts.common.progress import progress as progress_bar
 
@@ -25,13 +25,16 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_KERNEL_SIZE = 11
 
 
-def check_ms_ssim_size(height: int, width: int, kernel_size: int = MS_SSIM_KERNEL_SIZE, weights: Sequence[float] = MS_SSIM_WEIGHTS) -> None:
+def check_ms_ssim_size(
+    height: int, width: int, kernel_size: int = MS_SSIM_KERNEL_SIZE, weights: Sequence[float] = MS_SSIM_WEIGHTS
+) -> None:
     """Raise a one-line ``ValueError`` when an image is too small for the MS-SSIM settings."""
     divisor = 2 ** (len(weights) - 1)
     if min(height, width) // divisor <= kernel_size - 1:
         smallest = (kernel_size - 1) * divisor + divisor
         raise ValueError(
-            f"Images of {height}x{width} px are too small for MS-SSIM with kernel_size {kernel_size} and {len(weights)} scales "
+            f"Images of {height}x{width} px are too small for MS-SSIM with kernel_size {kernel_size} and "
+            f"{len(weights)} scales "
             f"(need at least {smallest} px): lower --msssim_kernel_size (e.g. 3) or pass fewer --msssim_weights."
         )
 
@@ -44,7 +47,9 @@ class MSSSIM:
 
         self.kernel_size = int(kernel_size)
         self.weights = tuple(float(w) for w in weights)
-        self.metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=self.kernel_size, weights=self.weights)
+        self.metric = MultiScaleSSIMMetric(
+            spatial_dims=2, data_range=1.0, kernel_size=self.kernel_size, weights=self.weights
+        )
 
     @torch.no_grad()
     def __call__(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
@@ -82,9 +87,19 @@ def reconstruction_scores(
     for items, images in batches:
         images = images.to(device)
         recon = reconstruct(autoencoder, images)
-        scores = zip(ms_ssim(recon, images), ssim(recon, images).reshape(-1).cpu(), psnr(recon, images).reshape(-1).cpu())
+        scores = zip(
+            ms_ssim(recon, images), ssim(recon, images).reshape(-1).cpu(), psnr(recon, images).reshape(-1).cpu()
+        )
         for item, (m, s, p) in zip(items, scores):
-            rows.append({"name": item.get("name", ""), "image": item["image"], "ms_ssim": float(m), "ssim": float(s), "psnr": float(p)})
+            rows.append(
+                {
+                    "name": item.get("name", ""),
+                    "image": item["image"],
+                    "ms_ssim": float(m),
+                    "ssim": float(s),
+                    "psnr": float(p),
+                }
+            )
     return rows
 
 
@@ -173,7 +188,10 @@ def diversity_cli(
     batch_size: int = 32,
     device: str | None = None,
 ) -> None:
-    """Print the pairwise MS-SSIM diversity (JSON) of the first ``limit`` images of a folder (all pairs if ``max_pairs`` is None)."""
+    """Print the pairwise MS-SSIM diversity (JSON) of the first ``limit`` images of a folder.
+
+    All pairs are used when ``max_pairs`` is None.
+    """
     import json
 
     from scripts.data.images import folder_items, iterate_images

@@ -50,17 +50,33 @@ def plan_sample_sets(
         sets.append({"name": UNCONDITIONAL, "kind": UNCONDITIONAL, "rows": rows})
     reports = [report_text(item) for item in test_items[: max(0, int(num_report_conditioned))]]
     if reports:
-        rows = [{"prompt": text, "seed": seed + SEED_OFFSETS[REPORTS] + i, "num_samples": 1} for i, text in enumerate(reports)]
+        rows = [
+            {"prompt": text, "seed": seed + SEED_OFFSETS[REPORTS] + i, "num_samples": 1}
+            for i, text in enumerate(reports)
+        ]
         sets.append({"name": REPORTS, "kind": REPORTS, "rows": rows})
     if num_per_finding > 0 and findings:
-        rows = [{"prompt": no_finding_prompt, "seed": seed + SEED_OFFSETS[NO_FINDING], "num_samples": int(num_per_finding)}]
+        rows = [
+            {"prompt": no_finding_prompt, "seed": seed + SEED_OFFSETS[NO_FINDING], "num_samples": int(num_per_finding)}
+        ]
         sets.append({"name": NO_FINDING, "kind": NO_FINDING, "rows": rows, "finding": "No Finding"})
         for index, finding in enumerate(findings):
             start = seed + SEED_OFFSETS[FINDING] + 10_000 * index
             rows = [{"prompt": finding["prompt"], "seed": start, "num_samples": int(num_per_finding)}]
-            sets.append({"name": f"finding_{index:02d}", "kind": FINDING, "rows": rows, "finding": finding["finding"], "xrv_label": finding.get("xrv_label")})
+            sets.append(
+                {
+                    "name": f"finding_{index:02d}",
+                    "kind": FINDING,
+                    "rows": rows,
+                    "finding": finding["finding"],
+                    "xrv_label": finding.get("xrv_label"),
+                }
+            )
     if not sets:
-        raise ValueError("Nothing to generate: set --num_unconditional_images, --num_report_images or --adherence_num_samples above 0.")
+        raise ValueError(
+            "Nothing to generate: set --num_unconditional_images, --num_report_images or --adherence_num_samples "
+            "above 0."
+        )
     return sets
 
 
@@ -75,10 +91,15 @@ def write_prompts_csv(sets: Sequence[dict], path: str) -> str:
 
 
 def set_files(sample_set: dict, samples_dir: str) -> list[dict]:
-    """Items (``image`` path, ``name``, ``prompt``, ``seed``) of one generated set, from ``samples_dir/manifest.csv``."""
+    """Items (``image`` path, ``name``, ``prompt``, ``seed``) of one generated set.
+
+    They are found by (prompt, seed) in ``samples_dir/manifest.csv``.
+    """
     manifest = os.path.join(samples_dir, "manifest.csv")
     if not os.path.isfile(manifest):
-        raise FileNotFoundError(f"'{manifest}' not found: the generation step did not run; re-run the evaluation command.")
+        raise FileNotFoundError(
+            f"'{manifest}' not found: the generation step did not run; re-run the evaluation command."
+        )
     with open(manifest, newline="", encoding="utf-8") as f:
         by_key = {(row["prompt"], int(row["seed"])): row["file"] for row in csv.DictReader(f)}
     items = []
@@ -86,14 +107,28 @@ def set_files(sample_set: dict, samples_dir: str) -> list[dict]:
         for seed in range(row["seed"], row["seed"] + row["num_samples"]):
             name = by_key.get((row["prompt"], seed))
             if name is None or not os.path.isfile(os.path.join(samples_dir, name)):
-                raise FileNotFoundError(f"Sample of prompt {row['prompt']!r} seed {seed} missing from '{samples_dir}': re-run to finish generation.")
-            items.append({"image": os.path.join(samples_dir, name), "name": name, "prompt": row["prompt"], "seed": seed})
+                raise FileNotFoundError(
+                    f"Sample of prompt {row['prompt']!r} seed {seed} missing from '{samples_dir}': re-run to finish "
+                    "generation."
+                )
+            items.append(
+                {"image": os.path.join(samples_dir, name), "name": name, "prompt": row["prompt"], "seed": seed}
+            )
     return items
 
 
-def describe_plan(sets: Sequence[dict], xrv_model, real_items: Sequence[dict], reconstruction_items: Sequence[dict]) -> None:
+def describe_plan(
+    sets: Sequence[dict], xrv_model, real_items: Sequence[dict], reconstruction_items: Sequence[dict]
+) -> None:
     """Log what the evaluation will generate and measure (called first, so missing weights fail before generation)."""
     total = sum(row["num_samples"] for s in sets for row in s["rows"])
-    logger.info("Evaluation plan: %d images to generate in %d sets (%s); %d real test images; %d reconstructions; classifier %s",
-                total, len(sets), ", ".join(s["name"] for s in sets), len(real_items), len(reconstruction_items),
-                getattr(xrv_model, "weights_source", "?"))
+    logger.info(
+        "Evaluation plan: %d images to generate in %d sets (%s); %d real test images; %d reconstructions; classifier "
+        "%s",
+        total,
+        len(sets),
+        ", ".join(s["name"] for s in sets),
+        len(real_items),
+        len(reconstruction_items),
+        getattr(xrv_model, "weights_source", "?"),
+    )

@@ -63,33 +63,60 @@ def run_evaluation(
     Returns the summary dict (also written to ``evaluation_dir/summary.json``).
     """
     os.makedirs(evaluation_dir, exist_ok=True)
-    summary: dict = {"settings": dict(settings or {}), "warnings": [], "reconstruction": {}, "diversity": {}, "fid": {}, "adherence": []}
+    summary: dict = {
+        "settings": dict(settings or {}),
+        "warnings": [],
+        "reconstruction": {},
+        "diversity": {},
+        "fid": {},
+        "adherence": [],
+    }
     if getattr(xrv_model, "random_weights", False):
-        summary["warnings"].append("torchxrayvision network has RANDOM weights: FID and adherence numbers are not meaningful.")
+        summary["warnings"].append(
+            "torchxrayvision network has RANDOM weights: FID and adherence numbers are not meaningful."
+        )
     summary["settings"]["xrv_weights"] = getattr(xrv_model, "weights_source", "")
     if reconstruction_items and autoencoder is not None:
         logger.info("Reconstruction of %d test images", len(reconstruction_items))
         rows = metrics.reconstruction_scores(
-            autoencoder, _batches(reconstruction_items, real_transform, batch_size, "reconstruction"),
-            device=device, kernel_size=msssim_kernel_size, weights=msssim_weights,
+            autoencoder,
+            _batches(reconstruction_items, real_transform, batch_size, "reconstruction"),
+            device=device,
+            kernel_size=msssim_kernel_size,
+            weights=msssim_weights,
         )
         metrics.write_csv(rows, os.path.join(evaluation_dir, "reconstruction.csv"))
         summary["reconstruction"]["test"] = metrics.summarise(rows)
 
     by_kind = {s["kind"]: s for s in sets}
     generated = {kind: set_files(by_kind[kind], samples_dir) for kind in (UNCONDITIONAL, REPORTS) if kind in by_kind}
-    diversity_kwargs = {"max_pairs": diversity_max_pairs, "seed": seed, "batch_size": batch_size, "kernel_size": msssim_kernel_size,
-                        "weights": msssim_weights, "device": device, "progress": True}
+    diversity_kwargs = {
+        "max_pairs": diversity_max_pairs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "kernel_size": msssim_kernel_size,
+        "weights": msssim_weights,
+        "device": device,
+        "progress": True,
+    }
     if UNCONDITIONAL in generated:
-        summary["diversity"][UNCONDITIONAL] = metrics.pairwise_diversity(load_images(generated[UNCONDITIONAL]), **diversity_kwargs)
+        summary["diversity"][UNCONDITIONAL] = metrics.pairwise_diversity(
+            load_images(generated[UNCONDITIONAL]), **diversity_kwargs
+        )
     if len(real_items) >= 2:
-        summary["diversity"]["real_test"] = metrics.pairwise_diversity(load_images(real_items, real_transform), **diversity_kwargs)
+        summary["diversity"]["real_test"] = metrics.pairwise_diversity(
+            load_images(real_items, real_transform), **diversity_kwargs
+        )
 
     cache_dir = os.path.join(evaluation_dir, "feature_cache")
     for protocol in fid_protocols:
-        real = fid_lib.set_features(xrv_model, real_items, "real_test", protocol, xrv.REAL, real_transform, cache_dir, batch_size, progress=True)
+        real = fid_lib.set_features(
+            xrv_model, real_items, "real_test", protocol, xrv.REAL, real_transform, cache_dir, batch_size, progress=True
+        )
         for kind, items in generated.items():
-            features = fid_lib.set_features(xrv_model, items, kind, protocol, xrv.GENERATED, None, cache_dir, batch_size, progress=True)
+            features = fid_lib.set_features(
+                xrv_model, items, kind, protocol, xrv.GENERATED, None, cache_dir, batch_size, progress=True
+            )
             result = fid_lib.fid_summary(features, real, protocol, getattr(xrv_model, "weights_source", ""))
             summary["fid"][f"{kind}_vs_real_test/{protocol}"] = result
             if result["warning"] and result["warning"] not in summary["warnings"]:
@@ -105,7 +132,14 @@ def run_evaluation(
         title = f"{sample_set['name']}: {sample_set['rows'][0]['prompt'] or '(empty prompt)'}"
         grids.append((title, save_grid(load_images(items), os.path.join(grids_dir, f"{sample_set['name']}.png"))))
     if real_items:
-        grids.append(("real test images", save_grid(load_images(real_items[:grid_images], real_transform), os.path.join(grids_dir, "real_test.png"))))
+        grids.append(
+            (
+                "real test images",
+                save_grid(
+                    load_images(real_items[:grid_images], real_transform), os.path.join(grids_dir, "real_test.png")
+                ),
+            )
+        )
     atomic_write_json(os.path.join(evaluation_dir, "summary.json"), summary)
     write_html_report(summary, grids, os.path.join(evaluation_dir, "report.html"))
     logger.info("Evaluation written to %s (summary.json, report.html)", evaluation_dir)
@@ -114,15 +148,29 @@ def run_evaluation(
 
 def _batches(items: Sequence[dict], transform: Callable | None, batch_size: int, description: str):
     """Image batches of ``items`` under a progress bar."""
-    return progress(iterate_images(items, transform, batch_size), total=-(-len(items) // batch_size), description=description)
+    return progress(
+        iterate_images(items, transform, batch_size), total=-(-len(items) // batch_size), description=description
+    )
 
 
-def reconstruction_only(evaluation_dir: str, items: Sequence[dict], transform: Callable, autoencoder, device="cpu",
-                        batch_size: int = 16, msssim_kernel_size: int = metrics.MS_SSIM_KERNEL_SIZE,
-                        msssim_weights: Sequence[float] = metrics.MS_SSIM_WEIGHTS) -> dict:
+def reconstruction_only(
+    evaluation_dir: str,
+    items: Sequence[dict],
+    transform: Callable,
+    autoencoder,
+    device="cpu",
+    batch_size: int = 16,
+    msssim_kernel_size: int = metrics.MS_SSIM_KERNEL_SIZE,
+    msssim_weights: Sequence[float] = metrics.MS_SSIM_WEIGHTS,
+) -> dict:
     """Reconstruction metrics only (``configs/evaluate_reconstruction.json``): CSV + ``reconstruction.json``."""
-    rows = metrics.reconstruction_scores(autoencoder, _batches(items, transform, batch_size, "reconstruction"),
-                                         device=device, kernel_size=msssim_kernel_size, weights=msssim_weights)
+    rows = metrics.reconstruction_scores(
+        autoencoder,
+        _batches(items, transform, batch_size, "reconstruction"),
+        device=device,
+        kernel_size=msssim_kernel_size,
+        weights=msssim_weights,
+    )
     metrics.write_csv(rows, os.path.join(evaluation_dir, "reconstruction.csv"))
     summary = metrics.summarise(rows)
     atomic_write_json(os.path.join(evaluation_dir, "reconstruction.json"), summary)

@@ -1,7 +1,8 @@
 """The torchxrayvision DenseNet-121 (``densenet121-res224-all``): loading, input protocols, features, scores.
 
 The same network serves two evaluation purposes: its 1024-d pooled features are the embedding of the
-FID (see ``scripts.evaluation.fid``), and its 18 pathology outputs score prompt adherence (``scripts.evaluation.workflow``).
+FID (see ``scripts.evaluation.fid``), and its 18 pathology outputs score prompt adherence
+(``scripts.evaluation.adherence``).
 
 Weights never come from torchxrayvision's own downloader (it fetches from GitHub at construction time):
 the network is built with ``DenseNet(weights=None)`` and filled from a local file that
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from scripts.common.errors import CxrLdmError
 from scripts.common.hashing import file_digest
 
@@ -185,13 +187,16 @@ def load_densenet(
     else:
         weights_path = os.fspath(weights_path)
         if not os.path.isfile(weights_path):
-            raise XrvWeightsError(f"torchxrayvision weights '{weights_path}' ({weights_name}) not found: {XRV_DOWNLOAD_HELP}.")
+            raise XrvWeightsError(
+                f"torchxrayvision weights '{weights_path}' ({weights_name}) not found: {XRV_DOWNLOAD_HELP}."
+            )
         state = _read_densenet_state(weights_path, sha256)
         state = {k: v for k, v in state.items() if k != "op_threshs"}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise XrvWeightsError(
-                f"'{weights_path}' does not fit DenseNet-121 ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+                f"'{weights_path}' does not fit DenseNet-121 ({len(missing)} missing, {len(unexpected)} unexpected "
+                "keys, "
                 f"e.g. {(missing or unexpected)[:3]}); {XRV_DOWNLOAD_HELP}."
             )
         model.random_weights, model.weights_source = False, f"{weights_name} ({os.path.basename(weights_path)})"

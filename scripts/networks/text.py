@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+
 from scripts.common.errors import CxrLdmError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def load_tokenizer(path: str):
         )
     tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
     if len(tokenizer) != VOCAB_SIZE:
-        raise ValueError(f"Tokenizer in '{path}' has {len(tokenizer)} tokens, expected the CLIP vocabulary of {VOCAB_SIZE}.")
+        raise ValueError(
+            f"Tokenizer in '{path}' has {len(tokenizer)} tokens, expected the CLIP vocabulary of {VOCAB_SIZE}."
+        )
     return tokenizer
 
 
@@ -172,7 +175,9 @@ def load_text_encoder(
             if not os.path.isfile(os.path.join(folder, "config.json")) and subfolder:
                 folder = os.path.join(source, subfolder)
             if not os.path.isfile(os.path.join(folder, "config.json")):
-                raise TextEncoderNotFoundError(f"'{source}' holds no CLIPTextModel (no config.json). {TEXT_ENCODER_HELP}")
+                raise TextEncoderNotFoundError(
+                    f"'{source}' holds no CLIPTextModel (no config.json). {TEXT_ENCODER_HELP}"
+                )
             model = CLIPTextModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
         elif _is_openclip_file(source):
             model = convert_openclip_text_tower(load_state_dict_file(source))
@@ -185,7 +190,7 @@ def load_text_encoder(
             model = CLIPTextModel.from_pretrained(source, subfolder=subfolder or "", dtype=dtype)
     except TextEncoderNotFoundError:
         raise
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TextEncoderNotFoundError(
             f"Could not load the text encoder from '{source}' ({first_line}). {TEXT_ENCODER_HELP}"

@@ -37,8 +37,13 @@ def make_tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, seed: int
     return CLIPTextModel(config).eval()
 
 
-def main(output_dir: str = "models/tiny_text_encoder", hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> str:
+def main(
+    output_dir: str = "models/tiny_text_encoder", hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> str:
     """Write the tiny text encoder to ``output_dir`` (a ``save_pretrained`` folder); return the folder."""
     make_tiny_text_encoder(hidden_size, num_layers, seed).save_pretrained(output_dir)
-    print(f"Tiny text encoder (hidden size {hidden_size}) written to {output_dir}: pass --text_encoder_source {output_dir}")
+    print(
+        f"Tiny text encoder (hidden size {hidden_size}) written to {output_dir}: pass --text_encoder_source "
+        f"{output_dir}"
+    )
     return os.fspath(output_dir)

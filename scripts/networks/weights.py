@@ -12,6 +12,7 @@ import io
 import os
 
 import torch
+
 from scripts.common.errors import CxrLdmError
 
 DOWNLOAD_HINT = "run `python -m scripts.download` (or place the file there by hand, see README 'Weights')"
@@ -62,7 +63,9 @@ def _mismatch_summary(network: torch.nn.Module, state: dict) -> str:
         parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if wrong_shape:
         k = wrong_shape[0]
-        parts.append(f"{len(wrong_shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        parts.append(
+            f"{len(wrong_shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+        )
     return ", ".join(parts) or "no key differences"
 
 
@@ -147,6 +150,7 @@ def load_weights(
         )
         detail = _mismatch_summary(network, state) if not load_old else f"{type(error).__name__}: {str(error)[:200]}"
         raise CheckpointError(
-            f"Weights file '{path}' does not fit {name} as configured ({detail}); {hint}, or check the network settings."
+            f"Weights file '{path}' does not fit {name} as configured ({detail}); {hint}, or check the network "
+            "settings."
         ) from None
     return network.to(device).eval()

@@ -12,8 +12,6 @@ never collide, within a run or across runs with other settings.
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import re
 import sys
@@ -87,10 +85,15 @@ def read_prompts_file(path: str) -> list[dict]:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             if "prompt" not in columns:
-                raise PromptsError(f"Prompts file '{path}' has no 'prompt' column (columns: {columns}); add a header line 'prompt[,seed,num_samples,negative_prompt]'.")
+                raise PromptsError(
+                    f"Prompts file '{path}' has no 'prompt' column (columns: {columns}); add a header line "
+                    "'prompt[,seed,num_samples,negative_prompt]'."
+                )
             unknown = [c for c in columns if c not in PROMPTS_FILE_COLUMNS]
             if unknown:
-                raise PromptsError(f"Prompts file '{path}' has unknown columns {unknown}; allowed: {list(PROMPTS_FILE_COLUMNS)}.")
+                raise PromptsError(
+                    f"Prompts file '{path}' has unknown columns {unknown}; allowed: {list(PROMPTS_FILE_COLUMNS)}."
+                )
             rows = []
             for line_number, raw in enumerate(reader, start=2):
                 row = {k.strip(): (v if v is not None else "") for k, v in raw.items() if k is not None}
@@ -100,9 +103,13 @@ def read_prompts_file(path: str) -> list[dict]:
                 if "negative_prompt" in row:
                     parsed["negative_prompt"] = row["negative_prompt"].strip()
                 if str(row.get("seed", "")).strip():
-                    parsed["seed"] = as_int(row["seed"], f"seed on line {line_number} of '{path}'", 0, error=PromptsError)
+                    parsed["seed"] = as_int(
+                        row["seed"], f"seed on line {line_number} of '{path}'", 0, error=PromptsError
+                    )
                 if str(row.get("num_samples", "")).strip():
-                    parsed["num_samples"] = as_int(row["num_samples"], f"num_samples on line {line_number} of '{path}'", 0, error=PromptsError)
+                    parsed["num_samples"] = as_int(
+                        row["num_samples"], f"num_samples on line {line_number} of '{path}'", 0, error=PromptsError
+                    )
                 rows.append(parsed)
         else:
             rows = [
@@ -111,7 +118,9 @@ def read_prompts_file(path: str) -> list[dict]:
                 if line.strip() and not line.lstrip().startswith("#")
             ]
     if not rows:
-        raise PromptsError(f"Prompts file '{path}' holds no prompts: write one prompt per line (.txt) or a CSV with a 'prompt' column.")
+        raise PromptsError(
+            f"Prompts file '{path}' holds no prompts: write one prompt per line (.txt) or a CSV with a 'prompt' column."
+        )
     return rows
 
 
@@ -176,7 +185,9 @@ def sampling_jobs(
     return jobs
 
 
-def pending_jobs(jobs: Sequence[dict], output_dir: str, rank: int | None = None, world_size: int | None = None) -> list[dict]:
+def pending_jobs(
+    jobs: Sequence[dict], output_dir: str, rank: int | None = None, world_size: int | None = None
+) -> list[dict]:
     """The jobs whose image is not yet in ``output_dir`` (so a re-run resumes), this rank's share only.
 
     Under ``torchrun`` (or with ``rank``/``world_size`` given) rank r takes jobs r, r+W, r+2W, ...

@@ -17,12 +17,19 @@ import torch
 from monai.inferers import Inferer
 
 from scripts.common.errors import CxrLdmError
+from scripts.common.progress import progress
 from scripts.networks.schedulers import is_stochastic
 from scripts.networks.text import check_context_width, encode_ids, prompt_ids
-from scripts.common.progress import progress
 
-AUTOCAST_DTYPES = {None: None, "none": None, "float32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                   "float16": torch.float16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {
+    None: None,
+    "none": None,
+    "float32": None,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
@@ -99,7 +106,10 @@ class GuidedLatentSampler(Inferer):
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         key = None if autocast_dtype is None else str(autocast_dtype).lower()
         if key not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be one of {sorted(k for k in AUTOCAST_DTYPES if k)} or null, got {autocast_dtype!r}.")
+            raise ValueError(
+                f"autocast_dtype must be one of {sorted(k for k in AUTOCAST_DTYPES if k)} or null, got "
+                f"{autocast_dtype!r}."
+            )
         self.autoencoder = autoencoder.eval()
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer

@@ -24,6 +24,7 @@ def as_int(value, what: str, minimum: int, error: type[Exception] = SettingsErro
         raise error(f"{what} must be >= {minimum}, got {number}.")
     return number
 
+
 def as_finite(value, what: str, positive: bool = False) -> float:
     try:
         number = float(value)
@@ -34,6 +35,7 @@ def as_finite(value, what: str, positive: bool = False) -> float:
     if positive and number <= 0:
         raise SettingsError(f"{what} must be > 0, got {value!r}.")
     return number
+
 
 def check_settings(
     output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None, scale_factor=1.0
@@ -46,7 +48,9 @@ def check_settings(
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise SettingsError(f"--device {device} does not exist: {torch.cuda.device_count()} GPU(s) are visible.")
     if str(output_format).lower() not in OUTPUT_FORMATS:
-        raise SettingsError(f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}.")
+        raise SettingsError(
+            f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}."
+        )
     as_int(num_inference_steps, "--num_inference_steps", 1)
     as_int(batch_size, "--batch_size", 1)
     as_int(num_samples, "--num_samples", 1)

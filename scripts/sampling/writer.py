@@ -3,9 +3,10 @@
 Each image goes to ``<output_dir>/<name>.<png|jpg|pt>`` through a temporary file that is renamed once
 complete, so an interrupted run never leaves a half-written image under a final name. ``manifest.csv``
 lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model version,
-null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its own ``manifest.rank<r>.csv`` and rank 0 merges them
-into ``manifest.csv`` at the end (``finalize_manifest``). Whatever happened to a run, the merge also adds
-rows for finished images missing from every manifest, so the manifest always matches the images.
+null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its
+own ``manifest.rank<r>.csv`` and rank 0 merges them into ``manifest.csv`` at the end (``finalize_manifest``).
+Whatever happened to a run, the merge also adds rows for finished images missing from every manifest, so
+the manifest always matches the images.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
         else:
             pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
             options = {"quality": 95} if output_format == "jpg" else {}
-            Image.fromarray(pixels, mode="L").save(temporary, format="JPEG" if output_format == "jpg" else "PNG", **options)
+            Image.fromarray(pixels, mode="L").save(
+                temporary, format="JPEG" if output_format == "jpg" else "PNG", **options
+            )
     return path
 
 

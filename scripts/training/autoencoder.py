@@ -227,7 +227,12 @@ class AutoencoderKLTrainer(Trainer):
                     engine.adversarial_loss(logits_real, target_is_real=True, for_discriminator=True)
                     + engine.adversarial_loss(logits_fake, target_is_real=False, for_discriminator=True)
                 )
-            engine._step(engine.adversarial_weight * discriminator_loss, engine.discriminator, engine.d_optimizer, engine.d_scaler)
+            engine._step(
+                engine.adversarial_weight * discriminator_loss,
+                engine.discriminator,
+                engine.d_optimizer,
+                engine.d_scaler,
+            )
 
         engine.state.output = {
             Keys.IMAGE: images,

@@ -58,7 +58,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, getattr(checkpoint.save_handler, "filename", None))
+                checkpoint.save_handler = AtomicDiskSaver(
+                    self.save_dir, getattr(checkpoint.save_handler, "filename", None)
+                )
 
 
 class EngineAttributeState:
@@ -213,7 +215,9 @@ class ResumableCheckpoint:
             checkpoint(engine)
 
 
-def initial_weights(network: torch.nn.Module, path: str | None, load_old: bool = False, key: str | None = None) -> torch.nn.Module:
+def initial_weights(
+    network: torch.nn.Module, path: str | None, load_old: bool = False, key: str | None = None
+) -> torch.nn.Module:
     """``network`` with the weights of ``path`` (fine-tuning), or as initialised when ``path`` is None/""."""
     if path:
         from scripts.networks.weights import load_weights

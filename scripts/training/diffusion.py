@@ -99,7 +99,15 @@ class GuidedSampleImages:
         seed: seed of the first image, the same every time so that epochs compare.
     """
 
-    def __init__(self, sampler, network: torch.nn.Module, prompts: Sequence[str], summary_writer, interval: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self,
+        sampler,
+        network: torch.nn.Module,
+        prompts: Sequence[str],
+        summary_writer,
+        interval: int = 10,
+        seed: int = 0,
+    ) -> None:
         self.sampler = sampler
         self.network = network
         self.prompts = [str(p) for p in prompts]

@@ -8,12 +8,11 @@ inference (the released model uses 0.3).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import torch
 from torch.utils.data import DataLoader, Subset
+
 from scripts.common.files import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -72,11 +72,14 @@ def _fire_parameters(module: str) -> set[str] | None:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("scripts.", "benchmarks.")):
             source = ast.parse((BUNDLE_ROOT / (node.module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
             imported = {alias.name for alias in node.names}
-            functions.update({n.name: n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name in imported})
+            functions.update(
+                {n.name: n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name in imported}
+            )
     calls = [
-        node for node in ast.walk(tree)
+        node
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Fire"
-    ]  # fmt: skip
+    ]
     assert calls, f"{module} has no fire entry point"
     target = calls[0].args[0]
     names = [v.id for v in target.values] if isinstance(target, ast.Dict) else [target.id]
@@ -93,7 +96,9 @@ def _check_bundle_run(words: list[str], where: str) -> None:
     from monai.bundle import ConfigParser
 
     options = _options(words[words.index("run") + 1 :])
-    files = ast.literal_eval(options["config_file"]) if options["config_file"].startswith("[") else [options["config_file"]]
+    files = (
+        ast.literal_eval(options["config_file"]) if options["config_file"].startswith("[") else [options["config_file"]]
+    )
     for name in files:
         assert (BUNDLE_ROOT / name).is_file(), f"{where}: config file {name} does not exist"
     parser = ConfigParser()
@@ -132,7 +137,9 @@ def test_documented_commands_match_configs_and_entry_points():
 
 def test_command_check_catches_a_wrong_key_and_option():
     with pytest.raises(AssertionError, match="--guidance is not a key"):
-        _check_bundle_run(shlex.split("python -m monai.bundle run --config_file configs/inference.json --guidance 3"), "x")
+        _check_bundle_run(
+            shlex.split("python -m monai.bundle run --config_file configs/inference.json --guidance 3"), "x"
+        )
     with pytest.raises(AssertionError, match="has no option --subjects"):
         _check_python_module("scripts.synthetic_mimic", ["--subjects", "3"], "x")
 

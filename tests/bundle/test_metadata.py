@@ -12,8 +12,20 @@ from monai.bundle import ConfigParser
 
 from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG
 
-REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-            "name", "task", "description", "authors", "copyright", "network_data_format")  # fmt: skip
+REQUIRED = (
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "name",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
 
 
 def test_metadata_matches_the_inference_config():
@@ -57,7 +69,11 @@ def test_metadata_validates_against_the_model_zoo_schema(tmp_path):
     for section in ("network_data_format", "autoencoder_data_format"):
         for role in ("inputs", "outputs"):
             for name, tensor in meta[section][role].items():
-                missing = [k for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range") if k not in tensor]
+                missing = [
+                    k
+                    for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
+                    if k not in tensor
+                ]
                 assert not missing, f"{section}.{role}.{name} lacks {missing}"
 
 
@@ -81,11 +97,17 @@ def _pins() -> dict[str, str]:
 
 def test_recorded_versions_are_the_pinned_and_installed_ones():
     meta = json.loads(METADATA.read_text())
-    recorded = {**meta["required_packages_version"], "monai": meta["monai_version"], "torch": meta["pytorch_version"],
-                "numpy": meta["numpy_version"]}  # fmt: skip
+    recorded = {
+        **meta["required_packages_version"],
+        "monai": meta["monai_version"],
+        "torch": meta["pytorch_version"],
+        "numpy": meta["numpy_version"],
+    }
     pins = _pins()
     for package, version in recorded.items():
-        assert pins.get(package.lower()) == version, f"requirements.txt pins {package} to {pins.get(package.lower())}, metadata says {version}"
+        assert pins.get(package.lower()) == version, (
+            f"requirements.txt pins {package} to {pins.get(package.lower())}, metadata says {version}"
+        )
         installed = importlib.metadata.version(package).split("+")[0]
         assert installed == version, f"{package} {installed} is installed, metadata says {version}"
 
@@ -93,8 +115,18 @@ def test_recorded_versions_are_the_pinned_and_installed_ones():
 def test_model_card_follows_the_model_zoo_template():
     card = (BUNDLE_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     headings = [line.strip() for line in card.splitlines() if line.startswith("#")]
-    for heading in ("# Model Overview", "## Data", "## Training configuration", "### Input", "### Output",
-                    "## Performance", "## MONAI Bundle Commands", "## Export", "# References", "# License"):  # fmt: skip
+    for heading in (
+        "# Model Overview",
+        "## Data",
+        "## Training configuration",
+        "### Input",
+        "### Output",
+        "## Performance",
+        "## MONAI Bundle Commands",
+        "## Export",
+        "# References",
+        "# License",
+    ):
         assert heading in headings, f"docs/README.md lacks '{heading}'"
     assert "**Authors**" in card and "**Tags**" in card
     assert "not supported" in card.split("## Export", 1)[1].split("\n#", 1)[0]

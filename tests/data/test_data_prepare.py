@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.data import load_datalist, make_synthetic_mimic
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
 import scripts.data.prepare as prepare_mimic
-from scripts.common.files import is_temporary, temporary_path
 from helpers.bundle import BUNDLE_ROOT
+from helpers.data import load_datalist, make_synthetic_mimic
+from scripts.common.files import is_temporary, temporary_path
 from scripts.data.prepare import PreparationError, prepare
 from scripts.data.synthetic import FINDINGS_CSV, METADATA_CSV, SPLIT_CSV
 
@@ -70,7 +70,9 @@ def test_datalist_has_disjoint_patient_splits_of_pa_images_only(raw_root, prepar
     official = pd.read_csv(raw_root / SPLIT_CSV, dtype={"dicom_id": str})
     official_split = dict(zip(official["dicom_id"], official["split"]))
     names = {"training": "train", "validation": "validate", "test": "test"}
-    assert all(official_split[item["dicom_id"]] == names[name] for name, entries in datalist.items() for item in entries)
+    assert all(
+        official_split[item["dicom_id"]] == names[name] for name, entries in datalist.items() for item in entries
+    )
 
 
 def test_images_are_8_bit_grayscale_with_the_requested_short_side(raw_root, prepared):
@@ -83,7 +85,10 @@ def test_images_are_8_bit_grayscale_with_the_requested_short_side(raw_root, prep
         assert min(width, height) == SHORT_SIDE
         original = metadata.loc[item["dicom_id"]]
         assert abs(height / width - original["Rows"] / original["Columns"]) < 2 / SHORT_SIDE  # aspect kept
-        assert item["image"] == f"files/p{str(item['subject_id'])[:2]}/p{item['subject_id']}/s{item['study_id']}/{item['dicom_id']}.jpg"
+        assert (
+            item["image"]
+            == f"files/p{str(item['subject_id'])[:2]}/p{item['subject_id']}/s{item['study_id']}/{item['dicom_id']}.jpg"
+        )
 
 
 def test_sentences_match_the_report_texts(raw_root, prepared):
@@ -106,7 +111,14 @@ def test_reports_zip_and_uncompressed_tables_give_the_same_datalist(raw_root, pr
     for report in (copy / "files").rglob("s*.txt"):
         report.unlink()  # only the zip is left
     output = tmp_path / "prepared"
-    prepare(str(copy), str(output), reports=str(copy / "mimic-cxr-reports.zip"), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    prepare(
+        str(copy),
+        str(output),
+        reports=str(copy / "mimic-cxr-reports.zip"),
+        short_side=SHORT_SIDE,
+        num_workers=0,
+        progress=False,
+    )
     assert load_datalist(output) == load_datalist(prepared[0])
 
 
@@ -151,7 +163,9 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
     corrupt, sectionless, missing, headerless = pa.iloc[0], pa.iloc[1], pa.iloc[2], pa.iloc[3]
     image = path_of(corrupt, f"s{corrupt.study_id}/{corrupt.dicom_id}.jpg")
     image.write_bytes(image.read_bytes()[:200])  # truncated JPEG
-    path_of(sectionless, f"s{sectionless.study_id}.txt").write_text(" EXAMINATION: CHEST\n\n INDICATION: ___\n\n COMPARISON: None.\n")
+    path_of(sectionless, f"s{sectionless.study_id}.txt").write_text(
+        " EXAMINATION: CHEST\n\n INDICATION: ___\n\n COMPARISON: None.\n"
+    )
     # no FINDINGS/IMPRESSION header: the last paragraph is the report's text, as in MIMIC-CXR's extractor
     path_of(headerless, f"s{headerless.study_id}.txt").write_text(
         "                                 FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n\n"
@@ -166,7 +180,9 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
     assert summary["reports_missing"] == 1
     assert summary["reports_from_last_paragraph"] == 1
     pa_count = (metadata["ViewPosition"] == "PA").sum()
-    skipped_pa = metadata[(metadata["ViewPosition"] == "PA") & metadata["study_id"].isin([sectionless.study_id, missing.study_id])]
+    skipped_pa = metadata[
+        (metadata["ViewPosition"] == "PA") & metadata["study_id"].isin([sectionless.study_id, missing.study_id])
+    ]
     assert summary["images_skipped"] == 1 + len(skipped_pa)
     kept = {item["dicom_id"] for item in _all_items(load_datalist(output))}
     assert len(kept) == pa_count - summary["images_skipped"]
@@ -208,10 +224,37 @@ def test_bad_inputs_give_one_line_errors(raw_root, prepared, tmp_path, capsys):
 def test_command_line_generates_and_prepares_in_parallel(tmp_path):
     raw, output = tmp_path / "raw", tmp_path / "prepared"
     commands = [
-        [sys.executable, "-m", "scripts.synthetic_mimic", "--output_dir", str(raw), "--num_subjects", "6", "--seed", "1", "--image_size", "72"],
-        [sys.executable, "-m", "scripts.prepare_mimic", "--mimic_dir", str(raw), "--output_dir", str(output), "--short_side", "48",
-         "--view_positions", "PA,AP", "--num_workers", "2", "--progress", "False"],
-    ]  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scripts.synthetic_mimic",
+            "--output_dir",
+            str(raw),
+            "--num_subjects",
+            "6",
+            "--seed",
+            "1",
+            "--image_size",
+            "72",
+        ],
+        [
+            sys.executable,
+            "-m",
+            "scripts.prepare_mimic",
+            "--mimic_dir",
+            str(raw),
+            "--output_dir",
+            str(output),
+            "--short_side",
+            "48",
+            "--view_positions",
+            "PA,AP",
+            "--num_workers",
+            "2",
+            "--progress",
+            "False",
+        ],
+    ]
     for command in commands:
         result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
@@ -230,11 +273,21 @@ def test_own_data_with_16_bit_png_images_is_stretched_to_8_bits(tmp_path):
     pixels[:10, :10] = 4000  # bright top-left corner
     Image.fromarray(pixels).save(study / "image1.png")
     (study.parent / "s55555555.txt").write_text("FINDINGS: Big heart.\nIMPRESSION: Cardiomegaly.\n")
-    pd.DataFrame({"dicom_id": ["image1"], "subject_id": [12345678], "study_id": [55555555], "ViewPosition": ["PA"]}).to_csv(root / "meta.csv", index=False)
+    pd.DataFrame(
+        {"dicom_id": ["image1"], "subject_id": [12345678], "study_id": [55555555], "ViewPosition": ["PA"]}
+    ).to_csv(root / "meta.csv", index=False)
     pd.DataFrame({"dicom_id": ["image1"], "split": ["train"]}).to_csv(root / "split.csv", index=False)
     output = tmp_path / "prepared"
-    prepare(str(root), str(output), metadata_csv=str(root / "meta.csv"), split_csv=str(root / "split.csv"), short_side=45,
-            image_format="png", num_workers=0, progress=False)  # fmt: skip
+    prepare(
+        str(root),
+        str(output),
+        metadata_csv=str(root / "meta.csv"),
+        split_csv=str(root / "split.csv"),
+        short_side=45,
+        image_format="png",
+        num_workers=0,
+        progress=False,
+    )
     (item,) = load_datalist(output)["training"]
     assert item["sentences"] == ["Big heart.", "Cardiomegaly."] and item["image"].endswith("image1.png")
     written = np.asarray(Image.open(output / item["image"]))
@@ -280,8 +333,13 @@ def test_killing_preparation_ends_its_workers(raw_root, tmp_path):
     )
     output = tmp_path / "prepared"
     env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}
-    main = subprocess.Popen([sys.executable, "-c", code, str(raw_root), str(output)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = subprocess.Popen(
+        [sys.executable, "-c", code, str(raw_root), str(output)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         workers: list[int] = []

@@ -6,13 +6,17 @@ import pytest
 
 from scripts.data.report_sections import classify_header, extract_sections, report_sentences, split_sentences
 
-PREAMBLE = " EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with cough  // eval for pneumonia\n \n COMPARISON:  None.\n \n"
+PREAMBLE = (
+    " EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with cough  // eval for pneumonia\n \n"
+    " COMPARISON:  None.\n \n"
+)
 
 # (name, report text, expected findings, expected impression)
 TRICKY_REPORTS = [
     (
         "standard upper case, text on the next lines",
-        PREAMBLE + " FINDINGS: \n \n The lungs are clear.  Heart size is\n normal.\n \n IMPRESSION: \n \n No acute process.\n",
+        PREAMBLE
+        + " FINDINGS: \n \n The lungs are clear.  Heart size is\n normal.\n \n IMPRESSION: \n \n No acute process.\n",
         "The lungs are clear. Heart size is normal.",
         "No acute process.",
     ),
@@ -114,7 +118,8 @@ TRICKY_REPORTS = [
     ),
     (
         "a colon inside a sentence of the findings is not a header",
-        " FINDINGS:\n Lines and tubes: the catheter tip is in the SVC.\n No effusion.\n IMPRESSION: Catheter in place.\n",
+        " FINDINGS:\n Lines and tubes: the catheter tip is in the SVC.\n No effusion.\n IMPRESSION: Catheter in "
+        "place.\n",
         "Lines and tubes: the catheter tip is in the SVC. No effusion.",
         "Catheter in place.",
     ),

@@ -36,8 +36,17 @@ def test_layout_and_tables_follow_mimic_cxr_jpg(tmp_path):
     assert len(metadata) == counts["images"] and (metadata["ViewPosition"] == "PA").sum() == counts["pa_images"]
     assert {"PA", "LATERAL"} <= set(metadata["ViewPosition"])
     for row in metadata.itertuples():
-        path = root / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / f"s{row.study_id}" / f"{row.dicom_id}.jpg"
-        assert re.fullmatch(r"files/p1\d/p1\d{7}/s5\d{7}/[0-9a-f]{8}(-[0-9a-f]{8}){4}\.jpg", path.relative_to(root).as_posix())
+        path = (
+            root
+            / "files"
+            / f"p{str(row.subject_id)[:2]}"
+            / f"p{row.subject_id}"
+            / f"s{row.study_id}"
+            / f"{row.dicom_id}.jpg"
+        )
+        assert re.fullmatch(
+            r"files/p1\d/p1\d{7}/s5\d{7}/[0-9a-f]{8}(-[0-9a-f]{8}){4}\.jpg", path.relative_to(root).as_posix()
+        )
         with Image.open(path) as image:
             assert image.mode == "L" and image.size == (row.Columns, row.Rows) and row.Columns == 64
         assert (path.parent.parent / f"s{row.study_id}.txt").is_file()
@@ -53,7 +62,10 @@ def test_layout_and_tables_follow_mimic_cxr_jpg(tmp_path):
     assert len(chexpert) == counts["studies"]
     assert ((chexpert["Pleural Effusion"] == 1.0) == (chexpert["effusion_side"] != "")).all()
     assert ((chexpert["Cardiomegaly"] == 1.0) == (chexpert["cardiomegaly"] == 1)).all()
-    assert ((chexpert["No Finding"] == 1.0) == ((chexpert["effusion_side"] == "") & (chexpert["cardiomegaly"] == 0) & (chexpert["pneumothorax_side"] == ""))).all()
+    assert (
+        (chexpert["No Finding"] == 1.0)
+        == ((chexpert["effusion_side"] == "") & (chexpert["cardiomegaly"] == 0) & (chexpert["pneumothorax_side"] == ""))
+    ).all()
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

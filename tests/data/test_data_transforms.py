@@ -14,8 +14,8 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from helpers.bundle import BUNDLE_ROOT, tiny_parser
-from scripts.networks.text import null_prompt_ids, tokenize
 from scripts.data.transforms import RandNullPromptd, RandSentenceSubsetd, Tokenized
+from scripts.networks.text import null_prompt_ids, tokenize
 
 DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 SENTENCES = [f"Sentence number {i}." for i in range(8)]
@@ -170,7 +170,9 @@ def test_augmentations_match_the_recipe(tmp_path):
 
 def test_training_chain_batches_prepared_data(prepared_synthetic_dir):
     parser = tiny_parser(DATA_CONFIG, dataset_dir=str(prepared_synthetic_dir))
-    datalist = load_decathlon_datalist(parser.get_parsed_content("datalist_file"), data_list_key="training", base_dir=str(prepared_synthetic_dir))
+    datalist = load_decathlon_datalist(
+        parser.get_parsed_content("datalist_file"), data_list_key="training", base_dir=str(prepared_synthetic_dir)
+    )
     chain = _chain(parser, "load_image_transforms", "diffusion_augmentations", "text_transforms")
     batch = next(iter(DataLoader(Dataset(datalist, chain), batch_size=4, num_workers=0)))
     assert batch["image"].shape == (4, 1, 64, 64)

@@ -104,12 +104,15 @@ def test_download_rejects_bad_hash_and_explains_manual_placement(http_root, tmp_
 
 def test_text_encoder_target_converts_openclip_checkpoint(http_root, tmp_path):
     from safetensors.torch import save_file
-
     from test_text import _openclip_state_dict
 
     root, base, _ = http_root
     save_file(_openclip_state_dict(width=64, layers=2), str(root / "open_clip_model.safetensors"))
-    entry = {"path": "models/openclip.safetensors", "url": f"{base}/open_clip_model.safetensors", "converts_to": "models/text_encoder"}
+    entry = {
+        "path": "models/openclip.safetensors",
+        "url": f"{base}/open_clip_model.safetensors",
+        "converts_to": "models/text_encoder",
+    }
     large_files = tmp_path / "large_files.yml"
     large_files.write_text(yaml.safe_dump({"large_files": [entry]}))
     download.main("text_encoder", bundle_dir=str(tmp_path), large_files=str(large_files))
@@ -134,9 +137,24 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     target.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     fetched = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "download", "--name", "cxr_ldm", "--url", f"{base}/{zip_path.name}", "--bundle_dir", str(target)],
-        cwd=target, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "download",
+            "--name",
+            "cxr_ldm",
+            "--url",
+            f"{base}/{zip_path.name}",
+            "--bundle_dir",
+            str(target),
+        ],
+        cwd=target,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     bundle = target / "cxr_ldm"
     assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "large_files.yml").is_file()
@@ -145,17 +163,42 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in ("autoencoder.pt", "model.pt")]
     (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
     fetched = subprocess.run(
-        [sys.executable, "-m", "scripts.download", "models/autoencoder.pt", "models/model.pt", "--large_files", str(tmp_path / "large_files.yml")],
-        cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scripts.download",
+            "models/autoencoder.pt",
+            "models/model.pt",
+            "--large_files",
+            str(tmp_path / "large_files.yml"),
+        ],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
     shutil.copy(TINY_OVERLAY, bundle / "tiny.json")
 
     ran = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','tiny.json']", "--load_old", "False"],
-        cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "['configs/inference.json','tiny.json']",
+            "--load_old",
+            "False",
+        ],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     images = sorted((bundle / "output").glob("*.png"))
     assert len(images) == 1 and read_png(images[0]).shape == (64, 64) and read_png(images[0]).std() > 1.0
@@ -176,7 +219,11 @@ def test_github_release_route_finds_the_packed_zip_by_name(http_root, tmp_path, 
     monkeypatch.setattr(bundle_scripts, "_get_git_release_url", release_url)
     version = zip_path.stem.split("_v")[-1]
     bundle_scripts.download(
-        name="cxr_ldm", version=version, source="github", repo="owner/cxr-ldm/v" + version, bundle_dir=str(tmp_path / "b")
+        name="cxr_ldm",
+        version=version,
+        source="github",
+        repo="owner/cxr-ldm/v" + version,
+        bundle_dir=str(tmp_path / "b"),
     )
     assert asked == [("owner", "cxr-ldm", "v" + version, zip_path.name)]
     assert (tmp_path / "b" / "cxr_ldm" / "configs" / "inference.json").is_file()
@@ -208,7 +255,9 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for index, entry in enumerate(entries):
@@ -220,6 +269,8 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "hash" in result.stderr.lower()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from scripts.evaluation import fid, xrv
 from helpers.evaluation import random_densenet_file, smooth_images, write_png_folder
+from scripts.evaluation import fid, xrv
 
 
 def numpy_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -28,8 +28,6 @@ def test_fid_of_a_set_with_itself_is_zero():
 
 
 @pytest.mark.parametrize("num_images", [400, 9])
-
-
 def test_fid_matches_numpy_scipy_on_random_features(num_images):
     rng = np.random.default_rng(1)
     a = rng.normal(size=(num_images, 12))
@@ -86,7 +84,9 @@ def test_fid_cli_on_two_folders(tmp_path):
     b = write_png_folder(tmp_path / "b", smooth_images(3, seed=2))
     weights = random_densenet_file(tmp_path / "w.pt")
     out = tmp_path / "fid.json"
-    summary = fid.main(str(a), str(b), xrv_weights=str(weights), output_json=str(out), cache_dir=str(tmp_path / "cache"))
+    summary = fid.main(
+        str(a), str(b), xrv_weights=str(weights), output_json=str(out), cache_dir=str(tmp_path / "cache")
+    )
     assert summary["fid"] > 1e-3 and summary["num_images_a"] == 2 and summary["num_images_b"] == 3
     assert summary["warning"] and summary["protocol"] == "xrv"
     assert json.loads(out.read_text()) == summary

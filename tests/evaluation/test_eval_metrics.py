@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.evaluation import metrics
 from helpers.evaluation import noise_images, smooth_images
+from scripts.evaluation import metrics
 
 SMALL = {"kernel_size": 3}  # 64 px images: 5 scales need kernel < 64 // 16 + 1
 
@@ -45,7 +45,9 @@ def test_pair_indices_all_pairs_and_seeded_subset():
     assert np.array_equal(subset, metrics.pair_indices(30, max_pairs=50, seed=3))
     assert not np.array_equal(subset, metrics.pair_indices(30, max_pairs=50, seed=4))
     # every linear index maps to a real pair: drawing all of them reproduces the full set
-    assert {tuple(p) for p in metrics.pair_indices(7, max_pairs=20, seed=0).tolist()} <= set(itertools.combinations(range(7), 2))
+    assert {tuple(p) for p in metrics.pair_indices(7, max_pairs=20, seed=0).tolist()} <= set(
+        itertools.combinations(range(7), 2)
+    )
 
 
 def test_diversity_of_identical_images_is_one_and_of_noise_is_low():
@@ -61,8 +63,12 @@ def test_diversity_of_identical_images_is_one_and_of_noise_is_low():
 def test_diversity_matches_the_mean_over_explicit_pairs():
     images = smooth_images(5, seed=2)
     ms_ssim = metrics.MSSSIM(**SMALL)
-    expected = np.mean([float(ms_ssim(images[i : i + 1], images[j : j + 1])) for i, j in itertools.combinations(range(5), 2)])
-    assert metrics.pairwise_diversity(images, batch_size=3, **SMALL)["ms_ssim_mean"] == pytest.approx(expected, abs=1e-6)
+    expected = np.mean(
+        [float(ms_ssim(images[i : i + 1], images[j : j + 1])) for i, j in itertools.combinations(range(5), 2)]
+    )
+    assert metrics.pairwise_diversity(images, batch_size=3, **SMALL)["ms_ssim_mean"] == pytest.approx(
+        expected, abs=1e-6
+    )
 
 
 class HalfDecoder(torch.nn.Module):

@@ -36,7 +36,9 @@ def _labels_file(dataset_dir: Path, path: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(["subject_id", "study_id", "Pleural Effusion", "No Finding"])
         for index, item in enumerate(test):
-            writer.writerow([item["subject_id"], item["study_id"], "1.0" if index == 0 else "", "" if index == 0 else "1.0"])
+            writer.writerow(
+                [item["subject_id"], item["study_id"], "1.0" if index == 0 else "", "" if index == 0 else "1.0"]
+            )
     return path
 
 
@@ -45,26 +47,51 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     num_test = len(json.loads((dataset_dir / "datalist.json").read_text())["test"])
     assert num_test >= 2
     run_inference(
-        tiny_model_dir, evaluation_dir / "samples", DATA_CONFIG, EVALUATE_CONFIG,
-        dataset_dir=str(dataset_dir), evaluation_dir=str(evaluation_dir), xrv_weights="random",
-        num_real_images=99, num_report_images=2, num_unconditional_images=3, num_reconstruction_images=99,
-        adherence_findings=FINDINGS, adherence_num_samples=2, diversity_max_pairs=None, batch_size=4, eval_batch_size=4,
-        chexpert_labels_file=str(_labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")), **SMALL_MS_SSIM,
+        tiny_model_dir,
+        evaluation_dir / "samples",
+        DATA_CONFIG,
+        EVALUATE_CONFIG,
+        dataset_dir=str(dataset_dir),
+        evaluation_dir=str(evaluation_dir),
+        xrv_weights="random",
+        num_real_images=99,
+        num_report_images=2,
+        num_unconditional_images=3,
+        num_reconstruction_images=99,
+        adherence_findings=FINDINGS,
+        adherence_num_samples=2,
+        diversity_max_pairs=None,
+        batch_size=4,
+        eval_batch_size=4,
+        chexpert_labels_file=str(_labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")),
+        **SMALL_MS_SSIM,
     )
     summary = json.loads((evaluation_dir / "summary.json").read_text())
     assert any("RANDOM weights" in w for w in summary["warnings"])
     assert summary["reconstruction"]["test"]["num_images"] == num_test
-    assert 0 <= summary["reconstruction"]["test"]["ms_ssim_mean"] <= 1 and summary["reconstruction"]["test"]["psnr_mean"] > 0
+    assert (
+        0 <= summary["reconstruction"]["test"]["ms_ssim_mean"] <= 1
+        and summary["reconstruction"]["test"]["psnr_mean"] > 0
+    )
     with open(evaluation_dir / "reconstruction.csv") as f:
         assert len(list(csv.DictReader(f))) == num_test
-    assert summary["diversity"]["unconditional"]["num_pairs"] == 3 and summary["diversity"]["real_test"]["num_images"] == num_test
-    assert set(summary["fid"]) == {f"{kind}_vs_real_test/{protocol}" for kind in ("unconditional", "reports") for protocol in ("xrv", "reference")}
+    assert (
+        summary["diversity"]["unconditional"]["num_pairs"] == 3
+        and summary["diversity"]["real_test"]["num_images"] == num_test
+    )
+    assert set(summary["fid"]) == {
+        f"{kind}_vs_real_test/{protocol}" for kind in ("unconditional", "reports") for protocol in ("xrv", "reference")
+    }
     reports_fid = summary["fid"]["reports_vs_real_test/xrv"]
     assert reports_fid["num_images_a"] == 2 and reports_fid["num_images_b"] == num_test and reports_fid["fid"] > 0
     effusion, devices = summary["adherence"]
     assert effusion["xrv_label"] == "Effusion" and effusion["num_samples"] == 2
     assert 0 <= effusion["mean_probability"] <= 1 and effusion["auroc_generated"] is not None
-    assert effusion["num_real_positive"] == 1 and effusion["num_real_negative"] == num_test - 1 and effusion["auroc_real"] is not None
+    assert (
+        effusion["num_real_positive"] == 1
+        and effusion["num_real_negative"] == num_test - 1
+        and effusion["auroc_real"] is not None
+    )
     assert devices["mean_probability"] is None  # no classifier output for support devices
     # 3 unconditional + 2 report-conditioned + 2 no-finding + 2 × 2 finding images
     with open(evaluation_dir / "samples" / "manifest.csv") as f:
@@ -73,16 +100,23 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     assert "Large right pleural effusion." in report and report.count("data:image/png;base64") == 6
     assert "RANDOM weights" in report
     assert sorted(p.name for p in (evaluation_dir / "grids").iterdir()) == sorted(
-        ["unconditional.png", "reports.png", "no_finding.png", "finding_00.png", "finding_01.png", "real_test.png"])
+        ["unconditional.png", "reports.png", "no_finding.png", "finding_00.png", "finding_01.png", "real_test.png"]
+    )
 
 
 def test_reconstruction_only_config_skips_the_diffusion_model(tiny_model_dir, dataset_dir, tmp_path):
     evaluation_dir = tmp_path / "rec"
     (tmp_path / "unused").mkdir()
     run_inference(
-        tiny_model_dir, tmp_path / "unused", DATA_CONFIG, RECONSTRUCTION_CONFIG,
-        dataset_dir=str(dataset_dir), evaluation_dir=str(evaluation_dir), diffusion_path=str(tmp_path / "no_unet.pt"),
-        num_reconstruction_images=2, **SMALL_MS_SSIM,
+        tiny_model_dir,
+        tmp_path / "unused",
+        DATA_CONFIG,
+        RECONSTRUCTION_CONFIG,
+        dataset_dir=str(dataset_dir),
+        evaluation_dir=str(evaluation_dir),
+        diffusion_path=str(tmp_path / "no_unet.pt"),
+        num_reconstruction_images=2,
+        **SMALL_MS_SSIM,
     )
     result = json.loads((evaluation_dir / "reconstruction.json").read_text())
     assert result["num_images"] == 2 and 0 <= result["ms_ssim_mean"] <= 1 and result["psnr_mean"] > 0

@@ -1,13 +1,16 @@
-"""torchxrayvision loading and input protocols (scripts.evaluation.xrv), on the real architecture with random weights."""
+"""torchxrayvision loading and input protocols (scripts.evaluation.xrv).
+
+On the real architecture with random weights.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scripts.evaluation import xrv
-from scripts.common.hashing import file_digest
 from helpers.evaluation import InputRecorder, random_densenet_file, smooth_images
+from scripts.common.hashing import file_digest
+from scripts.evaluation import xrv
 
 
 @pytest.fixture(scope="module")

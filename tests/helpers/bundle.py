@@ -95,23 +95,38 @@ def cli_env(bundle_on_path: bool = True) -> dict:
     return env
 
 
-def bundle_run_command(files: list[str], overrides: dict, torchrun_procs: int = 0, master_port: int = 29555) -> list[str]:
-    """``python -m monai.bundle run`` (or ``torchrun`` with ``torchrun_procs`` processes) with ``--key value`` overrides."""
+def bundle_run_command(
+    files: list[str], overrides: dict, torchrun_procs: int = 0, master_port: int = 29555
+) -> list[str]:
+    """The ``python -m monai.bundle run`` command with ``--key value`` overrides.
+
+    With ``torchrun_procs``, the same under ``torchrun`` with that many processes.
+    """
     args = ["-m", "monai.bundle", "run", "--config_file", config_file_arg(files)]
     for key, value in overrides.items():
         args += [f"--{key}", str(value)]
     if torchrun_procs:
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun_procs}",
-                f"--master_port={master_port}", *args]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={torchrun_procs}",
+            f"--master_port={master_port}",
+            *args,
+        ]
     return [sys.executable, *args]
 
 
 def run_bundle(files: list[str], overrides: dict, timeout: int = 240, **kwargs) -> subprocess.CompletedProcess:
     """Run a bundle command to completion; fail with its output tail when it exits non-zero."""
     result = subprocess.run(
-        bundle_run_command(files, overrides, **kwargs), cwd=BUNDLE_ROOT, env=cli_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        bundle_run_command(files, overrides, **kwargs),
+        cwd=BUNDLE_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if result.returncode != 0:
         raise AssertionError(f"bundle run failed ({result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
     return result

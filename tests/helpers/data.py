@@ -18,7 +18,9 @@ from scripts.data.prepare import prepare
 from scripts.data.synthetic import generate
 
 
-def make_synthetic_mimic(tmp_dir, num_subjects: int = 12, image_size: int = 80, seed: int = 0, reports: str = "tree") -> Path:
+def make_synthetic_mimic(
+    tmp_dir, num_subjects: int = 12, image_size: int = 80, seed: int = 0, reports: str = "tree"
+) -> Path:
     """Raw synthetic MIMIC-CXR-JPG-format tree in ``tmp_dir/raw`` (images ``image_size`` px wide); returns its root."""
     root = Path(tmp_dir) / "raw"
     generate(str(root), num_subjects=num_subjects, seed=seed, image_size=image_size, reports=reports)

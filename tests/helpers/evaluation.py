@@ -47,7 +47,9 @@ class InputRecorder:
 
     def __init__(self, model) -> None:
         self.inputs: list[torch.Tensor] = []
-        self.handle = model.features.register_forward_pre_hook(lambda module, args: self.inputs.append(args[0].detach().clone()))
+        self.handle = model.features.register_forward_pre_hook(
+            lambda module, args: self.inputs.append(args[0].detach().clone())
+        )
 
     def close(self) -> None:
         self.handle.remove()

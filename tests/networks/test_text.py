@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-import pytest
 from helpers.bundle import TOKENIZER_DIR
 from helpers.networks import make_tiny_text_encoder
 from scripts.networks import text
@@ -62,14 +62,20 @@ def _openclip_state_dict(width=128, layers=3, vocab=49408, context=77, seed=0):
         p = f"transformer.resblocks.{i}."
         state.update(
             {
-                p + "ln_1.weight": 1 + r(width), p + "ln_1.bias": r(width),
-                p + "attn.in_proj_weight": r(3 * width, width), p + "attn.in_proj_bias": r(3 * width),
-                p + "attn.out_proj.weight": r(width, width), p + "attn.out_proj.bias": r(width),
-                p + "ln_2.weight": 1 + r(width), p + "ln_2.bias": r(width),
-                p + "mlp.c_fc.weight": r(4 * width, width), p + "mlp.c_fc.bias": r(4 * width),
-                p + "mlp.c_proj.weight": r(width, 4 * width), p + "mlp.c_proj.bias": r(width),
+                p + "ln_1.weight": 1 + r(width),
+                p + "ln_1.bias": r(width),
+                p + "attn.in_proj_weight": r(3 * width, width),
+                p + "attn.in_proj_bias": r(3 * width),
+                p + "attn.out_proj.weight": r(width, width),
+                p + "attn.out_proj.bias": r(width),
+                p + "ln_2.weight": 1 + r(width),
+                p + "ln_2.bias": r(width),
+                p + "mlp.c_fc.weight": r(4 * width, width),
+                p + "mlp.c_fc.bias": r(4 * width),
+                p + "mlp.c_proj.weight": r(width, 4 * width),
+                p + "mlp.c_proj.bias": r(width),
             }
-        )  # fmt: skip
+        )
     return state
 
 
@@ -84,10 +90,12 @@ def _openclip_penultimate(state, ids, heads=2):
         attention = torch.nn.MultiheadAttention(width, heads, batch_first=True)
         attention.load_state_dict(
             {
-                "in_proj_weight": state[p + "attn.in_proj_weight"], "in_proj_bias": state[p + "attn.in_proj_bias"],
-                "out_proj.weight": state[p + "attn.out_proj.weight"], "out_proj.bias": state[p + "attn.out_proj.bias"],
+                "in_proj_weight": state[p + "attn.in_proj_weight"],
+                "in_proj_bias": state[p + "attn.in_proj_bias"],
+                "out_proj.weight": state[p + "attn.out_proj.weight"],
+                "out_proj.bias": state[p + "attn.out_proj.bias"],
             }
-        )  # fmt: skip
+        )
         h = F.layer_norm(x, (width,), state[p + "ln_1.weight"], state[p + "ln_1.bias"])
         x = x + attention(h, h, h, attn_mask=causal, need_weights=False)[0]
         h = F.layer_norm(x, (width,), state[p + "ln_2.weight"], state[p + "ln_2.bias"])

@@ -93,8 +93,12 @@ def test_load_old_key_switches_layout_in_the_workflow(tiny_model_dir, tmp_path):
         torch.save(network.state_dict(), new_dir / name)
 
     encoder = str(tiny_model_dir / "text_encoder")
-    old_images = run_inference(old_dir, tmp_path / "out_old", load_old=True, text_encoder_source=encoder, output_format="pt")
-    new_images = run_inference(new_dir, tmp_path / "out_new", load_old=False, text_encoder_source=encoder, output_format="pt")
+    old_images = run_inference(
+        old_dir, tmp_path / "out_old", load_old=True, text_encoder_source=encoder, output_format="pt"
+    )
+    new_images = run_inference(
+        new_dir, tmp_path / "out_new", load_old=False, text_encoder_source=encoder, output_format="pt"
+    )
     a, b = (torch.load(p[0], weights_only=True) for p in (old_images, new_images))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     with pytest.raises(Exception, match="Failed to evaluate"):

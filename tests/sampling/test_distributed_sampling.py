@@ -15,7 +15,9 @@ MULTI_GPU_OVERLAY = str(BUNDLE_ROOT / "configs" / "multi_gpu_inference.json")
 def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_model_dir, tmp_path):
     prompts_file = tmp_path / "prompts.csv"
     with open(prompts_file, "w", newline="") as f:
-        csv.writer(f).writerows([["prompt", "num_samples"], ["Cardiomegaly", 3], ["Left pleural effusion", 2], ["No finding", 2]])
+        csv.writer(f).writerows(
+            [["prompt", "num_samples"], ["Cardiomegaly", 3], ["Left pleural effusion", 2], ["No finding", 2]]
+        )
     out = tmp_path / "out"
     # A single-process run first; then some images and the manifest are lost, and a rank's stale shard remains.
     reference = run_inference(tiny_model_dir, out, prompts_file=str(prompts_file), batch_size=4)
@@ -28,13 +30,32 @@ def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_m
     (out / "manifest.rank1.csv").write_text("file,prompt\nno-such-image.png,torn line")
 
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "monai.bundle", "run",
-        "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}','{MULTI_GPU_OVERLAY}']",
-        "--bundle_root", str(BUNDLE_ROOT), "--model_dir", str(tiny_model_dir),
-        "--text_encoder_source", str(tiny_model_dir / "text_encoder"), "--load_old", "False",
-        "--prompts_file", str(prompts_file), "--output_dir", str(out), "--batch_size", "4",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}','{MULTI_GPU_OVERLAY}']",
+        "--bundle_root",
+        str(BUNDLE_ROOT),
+        "--model_dir",
+        str(tiny_model_dir),
+        "--text_encoder_source",
+        str(tiny_model_dir / "text_encoder"),
+        "--load_old",
+        "False",
+        "--prompts_file",
+        str(prompts_file),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "4",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BUNDLE_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,9 +14,14 @@ import pytest
 import torch
 
 from helpers.bundle import tiny_parser
-from helpers.networks import make_tiny_text_encoder
-from helpers.gaussian import NOISE_SCHEDULE, GaussianDenoiser, dpm_solver_pp_2m_reference, exact_ode_solution, mean_context
-from helpers.networks import fill_zero_initialised
+from helpers.gaussian import (
+    NOISE_SCHEDULE,
+    GaussianDenoiser,
+    dpm_solver_pp_2m_reference,
+    exact_ode_solution,
+    mean_context,
+)
+from helpers.networks import fill_zero_initialised, make_tiny_text_encoder
 from scripts.networks.dpm_solver import DPMSolverPlusPlusScheduler
 from scripts.networks.schedulers import build_scheduler
 
@@ -134,10 +139,16 @@ def test_guided_sampler_with_dpmpp_2m_reaches_exact_guided_solution(batched_guid
     guidance = 7.0
     scheduler = build_scheduler("dpmpp_2m", **NOISE_SCHEDULE)
     sampler = GuidedLatentSampler(
-        autoencoder=torch.nn.Identity(), text_encoder=torch.nn.Identity(), tokenizer=None, scheduler=scheduler,
-        num_inference_steps=10, guidance_scale=guidance, latent_shape=(3, 8, 8), batched_guidance=batched_guidance,
+        autoencoder=torch.nn.Identity(),
+        text_encoder=torch.nn.Identity(),
+        tokenizer=None,
+        scheduler=scheduler,
+        num_inference_steps=10,
+        guidance_scale=guidance,
+        latent_shape=(3, 8, 8),
+        batched_guidance=batched_guidance,
         progress=False,
-    )  # fmt: skip
+    )
     with torch.inference_mode():
         latents = sampler.denoise(model, x_start.clone(), mean_context(mu_cond), mean_context(mu_uncond))
     # The ideal v is affine in mu with mu-independent slopes, so guiding = sampling data with mean mu_guided.
@@ -169,7 +180,9 @@ def tiny_switch_models(tmp_path_factory):
     parser = tiny_parser()
     torch.manual_seed(1)
     torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), model_dir / "autoencoder.pt")
-    torch.save(fill_zero_initialised(parser.get_parsed_content("network_def"), seed=1).state_dict(), model_dir / "model.pt")
+    torch.save(
+        fill_zero_initialised(parser.get_parsed_content("network_def"), seed=1).state_dict(), model_dir / "model.pt"
+    )
     make_tiny_text_encoder(seed=1).save_pretrained(model_dir / "text_encoder")
     return model_dir
 
@@ -179,7 +192,9 @@ def _sample(model_dir, **overrides):
     from scripts.sampling.sampler import initial_latents
 
     settings = {"scheduler_name": "dpmpp_2m", "num_inference_steps": 8, "batched_guidance": False, **overrides}
-    parser = tiny_parser(model_dir=str(model_dir), text_encoder_source=str(model_dir / "text_encoder"), load_old=False, **settings)
+    parser = tiny_parser(
+        model_dir=str(model_dir), text_encoder_source=str(model_dir / "text_encoder"), load_old=False, **settings
+    )
     sampler, unet = parser.get_parsed_content("inferer"), parser.get_parsed_content("network").eval()
     seeds = [1, 2]
     with torch.inference_mode():
@@ -209,7 +224,9 @@ def test_speed_switch_stays_within_tolerance_of_float32(switch, tiny_switch_mode
         assert image_error.max() <= image_max
 
 
-@pytest.mark.skipif(not os.environ.get("CXR_LDM_SLOW_TESTS"), reason="torch.compile takes minutes on a CPU; set CXR_LDM_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("CXR_LDM_SLOW_TESTS"), reason="torch.compile takes minutes on a CPU; set CXR_LDM_SLOW_TESTS=1"
+)
 def test_compile_stays_within_tolerance_of_float32(tiny_switch_models, float32_reference):
     ref_latents, ref_images = float32_reference
     latents, images = _sample(tiny_switch_models, compile=True)
@@ -230,7 +247,9 @@ def test_default_unipc_karras_reaches_exact_gaussian_solution_better_than_ddim_5
     assert (name, steps) == ("unipc_karras", 20)
     mu, x_start, model = gaussian_problem
     exact = exact_ode_solution(x_start, 999, build_scheduler("ddim", **NOISE_SCHEDULE).alphas_cumprod, mu, STD)
-    errors = {n: _rms(_solve(build_scheduler(name, **NOISE_SCHEDULE), model, x_start, mu, n), exact) for n in (8, steps, 40)}
+    errors = {
+        n: _rms(_solve(build_scheduler(name, **NOISE_SCHEDULE), model, x_start, mu, n), exact) for n in (8, steps, 40)
+    }
     ddim_50_error = _rms(_solve(build_scheduler("ddim", **NOISE_SCHEDULE), model, x_start, mu, 50), exact)
     assert errors[40] < errors[steps] < errors[8], errors
     assert errors[steps] < ddim_50_error, (errors, ddim_50_error)

@@ -15,9 +15,15 @@ def test_benchmark_report_is_consistent(tmp_path, capsys):
 
     output = tmp_path / "benchmark.json"
     report = main(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY], device="cpu", batch_sizes=[1, 2], timed_steps=1, repeats=1,
-        output_json=str(output), scheduler_name="dpmpp_2m", num_inference_steps=10,
-    )  # fmt: skip
+        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        device="cpu",
+        batch_sizes=[1, 2],
+        timed_steps=1,
+        repeats=1,
+        output_json=str(output),
+        scheduler_name="dpmpp_2m",
+        num_inference_steps=10,
+    )
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     reference, ours_1, ours_2 = report["timing"]["rows"]
     assert reference["settings"]["scheduler_name"] == "ddim" and reference["steps"] == 50
@@ -39,8 +45,17 @@ def test_parity_part_reports_distances_to_references(tmp_path):
     model_dir = tmp_path / "parity_model"
     info = train(str(model_dir), minutes=0.05, num_images=32, batch_size=4)
     assert info["diffusion_steps"] > 0 and (model_dir / "model.pt").is_file()
-    result = parity(str(model_dir), INFERENCE_CONFIG, {}, samplers=["ddim-10", "dpmpp_2m-2", "dpmpp_2m_karras-30"],
-                    references=["ddim-40"], num_images=2, seed=0, xrv_weights=None, device=torch.device("cpu"))  # fmt: skip
+    result = parity(
+        str(model_dir),
+        INFERENCE_CONFIG,
+        {},
+        samplers=["ddim-10", "dpmpp_2m-2", "dpmpp_2m_karras-30"],
+        references=["ddim-40"],
+        num_images=2,
+        seed=0,
+        xrv_weights=None,
+        device=torch.device("cpu"),
+    )
     table = result["distances"]["ddim-40"]
     assert set(table) == {"ddim-10", "dpmpp_2m-2", "dpmpp_2m_karras-30"}
     for row in table.values():

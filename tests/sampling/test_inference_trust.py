@@ -175,13 +175,21 @@ def test_wrapped_config_errors_end_with_the_bundle_message(tiny_model_dir, tmp_p
 def test_cli_error_from_another_directory_ends_with_one_line(tiny_model_dir, tmp_path):
     """From any directory (no PYTHONPATH), a bad setting ends the output with the bundle's one-line message."""
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
-        "--bundle_root", str(BUNDLE_ROOT),
-        "--model_dir", str(tiny_model_dir),
-        "--output_dir", str(tmp_path / "out"),
-        "--guidance_scale", "nan",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
+        "--bundle_root",
+        str(BUNDLE_ROOT),
+        "--model_dir",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--guidance_scale",
+        "nan",
+    ]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

@@ -39,18 +39,31 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
     prompt that fire would turn into an int."""
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
-        "--bundle_root", str(BUNDLE_ROOT),
-        "--model_dir", str(tiny_model_dir),
-        "--text_encoder_source", str(tiny_model_dir / "text_encoder"),
-        "--load_old", "False",
-        "--output_dir", str(out),
-        "--prompt", "123",
-        "--num_samples", "2",
-        "--batch_size", "2",
-        "--seed", "7",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
+        "--bundle_root",
+        str(BUNDLE_ROOT),
+        "--model_dir",
+        str(tiny_model_dir),
+        "--text_encoder_source",
+        str(tiny_model_dir / "text_encoder"),
+        "--load_old",
+        "False",
+        "--output_dir",
+        str(out),
+        "--prompt",
+        "123",
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--seed",
+        "7",
+    ]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -79,16 +92,32 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("raw", ["123", "True", "effusion, cardiomegaly", "1e3"])
 def test_cli_typed_prompts_match_prompts_file(raw, tiny_model_dir, tmp_path, monkeypatch):
     """What fire makes of a prompt (int, bool, tuple, float) still generates the literal text."""
-    monkeypatch.setattr(sys, "argv", [str(Path(bundle_run.__code__.co_filename).parent / "__main__.py"), "run", "--prompt", raw])
+    monkeypatch.setattr(
+        sys, "argv", [str(Path(bundle_run.__code__.co_filename).parent / "__main__.py"), "run", "--prompt", raw]
+    )
     out = tmp_path / "cli"
     fire.Fire(
         {"run": bundle_run},
         command=[
-            "run", "--config_file", f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']", "--bundle_root", str(BUNDLE_ROOT),
-            "--model_dir", str(tiny_model_dir), "--text_encoder_source", str(tiny_model_dir / "text_encoder"),
-            "--load_old", "False", "--output_dir", str(out), "--output_format", "pt", "--prompt", raw,
+            "run",
+            "--config_file",
+            f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
+            "--bundle_root",
+            str(BUNDLE_ROOT),
+            "--model_dir",
+            str(tiny_model_dir),
+            "--text_encoder_source",
+            str(tiny_model_dir / "text_encoder"),
+            "--load_old",
+            "False",
+            "--output_dir",
+            str(out),
+            "--output_format",
+            "pt",
+            "--prompt",
+            raw,
         ],
-    )  # fmt: skip
+    )
     cli_images = sorted(out.glob("*.pt"))
     assert _manifest(out)[0]["prompt"] == raw
     monkeypatch.setattr(sys, "argv", ["pytest"])
@@ -280,7 +309,9 @@ def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
 def test_prompt_embeddings_are_cached_within_a_bound(tiny_model_dir):
     from helpers.bundle import tiny_parser
 
-    parser = tiny_parser(model_dir=str(tiny_model_dir), load_old=False, text_encoder_source=str(tiny_model_dir / "text_encoder"))
+    parser = tiny_parser(
+        model_dir=str(tiny_model_dir), load_old=False, text_encoder_source=str(tiny_model_dir / "text_encoder")
+    )
     sampler = parser.get_parsed_content("inferer")
     sampler.CONTEXT_CACHE_SIZE = 3
     first = sampler.encode_prompts(["", "Cardiomegaly", ""])

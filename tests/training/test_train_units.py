@@ -7,13 +7,25 @@ import math
 
 import pytest
 import torch
-from helpers.data import make_prepared_synthetic
 
 from helpers.bundle import tiny_parser
+from helpers.data import make_prepared_synthetic
 from helpers.networks import make_tiny_text_encoder
 
-DIFFUSION = ("configs/data.json", "configs/train.json", "configs/train_diffusion.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_diffusion.json")
-AUTOENCODER = ("configs/data.json", "configs/train.json", "configs/train_autoencoder.json", "tests/configs/tiny_train.json", "tests/configs/tiny_train_autoencoder.json")
+DIFFUSION = (
+    "configs/data.json",
+    "configs/train.json",
+    "configs/train_diffusion.json",
+    "tests/configs/tiny_train.json",
+    "tests/configs/tiny_train_diffusion.json",
+)
+AUTOENCODER = (
+    "configs/data.json",
+    "configs/train.json",
+    "configs/train_autoencoder.json",
+    "tests/configs/tiny_train.json",
+    "tests/configs/tiny_train_autoencoder.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +80,18 @@ def test_v_target_and_noising_match_a_hand_computation(tokenizer):
         return torch.zeros_like(x)
 
     parser.get_parsed_content("train#inferer")(latents, recording_unet, **kwargs)
-    torch.testing.assert_close(seen["x"], alpha_bar.sqrt() * expected_latents + (1 - alpha_bar).sqrt() * noise, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        seen["x"], alpha_bar.sqrt() * expected_latents + (1 - alpha_bar).sqrt() * noise, rtol=1e-5, atol=1e-6
+    )
     assert seen["context"] is kwargs["condition"] and torch.equal(seen["timesteps"], timesteps)
 
 
 def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
-    from scripts.networks.text import encode_ids, null_prompt_ids, tokenize
-    from scripts.training.diffusion import LatentVPredictionPrepareBatch
     from monai.data import DataLoader, Dataset
     from monai.utils import set_determinism
+
+    from scripts.networks.text import encode_ids, null_prompt_ids, tokenize
+    from scripts.training.diffusion import LatentVPredictionPrepareBatch
 
     parser = tiny_parser(*DIFFUSION, dataset_dir=str(dataset_dir), null_prompt_prob=0.5)
     set_determinism(seed=0)
@@ -96,8 +111,12 @@ def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
 
     # the dropped rows reach the UNet as the null-prompt embedding, the one sampling uses for guidance
     text_encoder = make_tiny_text_encoder()
-    prepare = LatentVPredictionPrepareBatch(parser.get_parsed_content("autoencoder_def").eval(), text_encoder,
-                                            parser.get_parsed_content("train_scheduler"), scale_factor=0.3)
+    prepare = LatentVPredictionPrepareBatch(
+        parser.get_parsed_content("autoencoder_def").eval(),
+        text_encoder,
+        parser.get_parsed_content("train_scheduler"),
+        scale_factor=0.3,
+    )
     small = {"image": batch["image"][:8], "prompt_ids": batch["prompt_ids"][:8]}
     context = prepare(small, device="cpu")[3]["condition"]
     null_context = encode_ids(text_encoder, null_ids[None])[0]
@@ -135,8 +154,9 @@ def test_lpips_backbone_is_read_from_a_local_file(tmp_path):
 
 
 def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(dataset_dir):
-    parser = tiny_parser(*AUTOENCODER, dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1,
-                         adversarial_start_epoch=2)
+    parser = tiny_parser(
+        *AUTOENCODER, dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1, adversarial_start_epoch=2
+    )
     parser["train#handlers"] = []
     trainer = parser.get_parsed_content("train#trainer")
     discriminator = parser.get_parsed_content("discriminator")
@@ -163,7 +183,11 @@ def test_checkpoint_files_are_atomic_and_the_newest_is_found(tmp_path):
     (tmp_path / "checkpoint_epoch=11.pt.partial").write_text("")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint_epoch=10.pt", "checkpoint_epoch=11.pt.partial", "checkpoint_epoch=2.pt", "checkpoint_epoch=9.pt"]
+        "checkpoint_epoch=10.pt",
+        "checkpoint_epoch=11.pt.partial",
+        "checkpoint_epoch=2.pt",
+        "checkpoint_epoch=9.pt",
+    ]
     fixed = AtomicDiskSaver(str(tmp_path / "best"), filename="model.pt")
     fixed({"w": torch.ones(2)}, "ignored_name.pt")
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["model.pt"]
@@ -190,13 +214,19 @@ def _scripted_training(ckpt_dir, max_epochs: int, scores: dict, n_saved: int = 2
 
     trainer, evaluator = Engine(train_step), Engine(validate)
     saver = AtomicCheckpointSaver(
-        save_dir=str(ckpt_dir), save_dict={"net": network}, save_key_metric=True, key_metric_name="score",
+        save_dir=str(ckpt_dir),
+        save_dict={"net": network},
+        save_key_metric=True,
+        key_metric_name="score",
         key_metric_filename="best.pt",
     )
     saver.attach(evaluator)
-    ResumableCheckpoint(str(ckpt_dir), {"net": network, "best_model_saver": saver}, engine_attributes=(),
-                        n_saved=n_saved).attach(trainer)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))  # after the checkpoint, as in the configs
+    ResumableCheckpoint(
+        str(ckpt_dir), {"net": network, "best_model_saver": saver}, engine_attributes=(), n_saved=n_saved
+    ).attach(trainer)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0])
+    )  # after the checkpoint, as in the configs
     trainer.run([0], max_epochs=max_epochs)
 
 
@@ -238,17 +268,27 @@ def test_train_workflow_properties_are_complete(stage, dataset_dir, tmp_path):
 
     from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY
 
-    files = [INFERENCE_CONFIG, str(BUNDLE_ROOT / "configs" / "data.json"), str(BUNDLE_ROOT / "configs" / "train.json"),
-             str(BUNDLE_ROOT / "configs" / f"train_{stage}.json"), TINY_OVERLAY,
-             *(str(BUNDLE_ROOT / f) for f in (DIFFUSION if stage == "diffusion" else AUTOENCODER)[3:])]  # fmt: skip
+    files = [
+        INFERENCE_CONFIG,
+        str(BUNDLE_ROOT / "configs" / "data.json"),
+        str(BUNDLE_ROOT / "configs" / "train.json"),
+        str(BUNDLE_ROOT / "configs" / f"train_{stage}.json"),
+        TINY_OVERLAY,
+        *(str(BUNDLE_ROOT / f) for f in (DIFFUSION if stage == "diffusion" else AUTOENCODER)[3:]),
+    ]
     overrides = {"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(dataset_dir), "train_dir": str(tmp_path)}
     if stage == "diffusion":
         text_encoder = tmp_path / "text_encoder"
         make_tiny_text_encoder().save_pretrained(text_encoder)
         torch.save(tiny_parser().get_parsed_content("autoencoder_def").state_dict(), tmp_path / "autoencoder.pt")
         overrides.update(text_encoder_source=str(text_encoder), autoencoder_path=str(tmp_path / "autoencoder.pt"))
-    workflow = ConfigWorkflow(config_file=files, workflow_type="train", logging_file=False,
-                              meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"), **overrides)
+    workflow = ConfigWorkflow(
+        config_file=files,
+        workflow_type="train",
+        logging_file=False,
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+        **overrides,
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
     parser = workflow.parser

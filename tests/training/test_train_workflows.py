@@ -14,14 +14,15 @@ import time
 
 import pytest
 import torch
+
+from helpers.bundle import BUNDLE_ROOT, TEST_CONFIGS, bundle_run_command, cli_env, run_bundle, stage_configs
 from helpers.data import make_prepared_synthetic
-from helpers.bundle import TEST_CONFIGS, bundle_run_command, cli_env, run_bundle, stage_configs
+from helpers.networks import write_tiny_weights
 from helpers.training import image_tags, scalar_series
 
-from helpers.bundle import BUNDLE_ROOT
-from helpers.networks import write_tiny_weights
-
-HAS_MLFLOW_STORE = importlib.util.find_spec("sqlalchemy") is not None and importlib.util.find_spec("alembic") is not None
+HAS_MLFLOW_STORE = (
+    importlib.util.find_spec("sqlalchemy") is not None and importlib.util.find_spec("alembic") is not None
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,9 @@ def test_autoencoder_stage_trains_and_keeps_best_weights(trained):
     # a broken loss (no gradient, wrong target) stays at the first value; this one must fall clearly
     assert last < 0.75 * first, f"L1 loss fell only from {first:.3f} to {last:.3f}"
     adversarial = [value for _, value in scalar_series(trained["autoencoder"] / "logs", "discriminator_loss")]
-    assert all(v == 0 for v in adversarial[:6]) and all(v > 0 for v in adversarial[6:]), "D starts in epoch 2 (tiny overlay)"
+    assert all(v == 0 for v in adversarial[:6]) and all(v > 0 for v in adversarial[6:]), (
+        "D starts in epoch 2 (tiny overlay)"
+    )
     best = torch.load(trained["autoencoder"] / "autoencoder.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in best.values()), "exported weights are a plain state dict"
     assert [p for p in os.listdir(trained["autoencoder"]) if "tmp" in p] == [], "no temporary files left"
@@ -127,8 +130,13 @@ def test_trained_weights_sample_through_the_inference_config(trained, text_encod
 def test_killed_run_resumes_from_its_last_checkpoint(dataset_dir, tmp_path):
     files = stage_configs("autoencoder")
     overrides = {"dataset_dir": dataset_dir, "train_dir": tmp_path, "max_epochs": 6, "val_interval": 10}
-    first = subprocess.Popen(bundle_run_command(files, overrides), cwd=BUNDLE_ROOT, env=cli_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        bundle_run_command(files, overrides),
+        cwd=BUNDLE_ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 180
         while not (tmp_path / "checkpoint_epoch=2.pt").exists() and first.poll() is None and time.time() < deadline:
@@ -157,8 +165,12 @@ def test_multi_gpu_overlay_two_ranks_agree(stage, dataset_dir, text_encoder_dir,
     extra = [str(TEST_CONFIGS / "tiny_train_rank_weights.json")]
     if stage == "diffusion":
         write_tiny_weights(tmp_path / "stage1")
-        overrides.update(autoencoder_path=tmp_path / "stage1" / "autoencoder.pt", text_encoder_source=text_encoder_dir,
-                         rank_weights_network="@diffusion_model", sample_interval=0)
+        overrides.update(
+            autoencoder_path=tmp_path / "stage1" / "autoencoder.pt",
+            text_encoder_source=text_encoder_dir,
+            rank_weights_network="@diffusion_model",
+            sample_interval=0,
+        )
     port = 29561 if stage == "autoencoder" else 29562
     run_bundle(stage_configs(stage, multi_gpu=True, extra=tuple(extra)), overrides, torchrun_procs=2, master_port=port)
     rank0 = torch.load(tmp_path / "rank0_weights.pt", weights_only=True)
