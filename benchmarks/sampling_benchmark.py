@@ -1,6 +1,6 @@
 """Side-by-side sampling benchmark: the reference recipe against this bundle's default, same weights and seeds.
 
-Reference recipe (DESIGN.md §1): DDIM 50 steps, float32, the conditional and unconditional UNet passes
+Reference recipe (that of the released model's bundle): DDIM 50 steps, float32, the conditional and unconditional UNet passes
 run separately at batch 1, both prompts text-encoded for every image, one image at a time.
 Ours: the sampler of ``configs/inference.json`` with its scheduler, step count and speed switches
 (``batched_guidance``, ``autocast_dtype``, ``channels_last``, ``use_flash_attention``, ``compile``; any
@@ -271,7 +271,7 @@ def parity(
 ) -> dict:
     """Distances of each sampler ("name-steps", e.g. "dpmpp_2m_karras-15") to each reference, same noise and text.
 
-    The first reference is the issue's yardstick (DDIM-200); a long DDIM run (e.g. DDIM-1000) approximates the
+    The first reference is the published evaluation's sampler (DDIM-200); a long DDIM run (e.g. DDIM-1000) approximates the
     exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias towards.
     """
     from benchmarks.parity_model import synthetic_set
@@ -433,7 +433,7 @@ def main(
         peak_tflops: the device's peak dense TFLOP/s in the dtype used, to print the compute bound in images/s.
         parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part.
         parity_samplers: "scheduler_name-steps" entries compared with each reference.
-        parity_references: the issue's yardstick DDIM-200, and a long DDIM run approximating the exact ODE solution.
+        parity_references: DDIM-200 (the published evaluation's sampler), and a long DDIM run approximating the exact ODE solution.
         parity_images: images (prompts × seeds) in the parity comparison.
         xrv_weights: torchxrayvision DenseNet weights file for the feature distance (random weights without).
         output_json: where the report goes.

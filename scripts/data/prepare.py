@@ -26,6 +26,8 @@ was produced.
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import json
 import logging
 import os
@@ -44,6 +46,7 @@ from PIL import Image
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path, atomic_write_text, remove_leftovers
 from scripts.common.progress import progress as progress_bar
+from scripts.data.layout import image_path, subject_folder
 from scripts.data.report_sections import report_sentences_with_fallback
 
 logger = logging.getLogger(__name__)
@@ -129,7 +132,7 @@ class ReportSource:
         if self.archive is not None:
             member = self.members.get(name)
             return None if member is None else self.archive.read(member).decode("utf-8", errors="replace")
-        path = self.tree / f"p{str(subject_id)[:2]}" / f"p{subject_id}" / name
+        path = self.tree / subject_folder(subject_id) / name
         return path.read_text(errors="replace") if path.is_file() else None
 
 
@@ -278,7 +281,7 @@ def prepare(
         if row.study_id in problem_of:
             skipped.append((row.dicom_id, problem_of[row.study_id]))
             continue
-        relative = f"files/p{str(row.subject_id)[:2]}/p{row.subject_id}/s{row.study_id}/{row.dicom_id}.{image_format}"
+        relative = image_path(row.subject_id, row.study_id, row.dicom_id, image_format)
         items[relative] = {
             "image": relative,
             "sentences": sentences_of[row.study_id],
@@ -290,14 +293,7 @@ def prepare(
         if (output / relative).is_file():
             counts["images_already_done"] += 1
         else:
-            original = (
-                root
-                / "files"
-                / f"p{str(row.subject_id)[:2]}"
-                / f"p{row.subject_id}"
-                / f"s{row.study_id}"
-                / f"{row.dicom_id}.jpg"
-            )
+            original = root / image_path(row.subject_id, row.study_id, row.dicom_id)
             if not original.is_file() and original.with_suffix(".png").is_file():  # own data may be PNG
                 original = original.with_suffix(".png")
             tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
@@ -350,22 +346,11 @@ def prepare(
     return summary
 
 
-def main(
-    mimic_dir: str,
-    output_dir: str,
-    reports: str | None = None,
-    metadata_csv: str | None = None,
-    split_csv: str | None = None,
-    view_positions: str | tuple[str, ...] = "PA",
-    short_side: int = 512,
-    image_format: str = "jpg",
-    jpeg_quality: int = 95,
-    num_workers: int | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> None:
+@functools.wraps(prepare, assigned=("__module__", "__annotations__"))  # fire shows prepare's arguments
+def main(*args, **kwargs) -> None:
+    output_dir = inspect.signature(prepare).bind(*args, **kwargs).arguments["output_dir"]
     try:
-        summary = prepare(**{k: v for k, v in locals().items()})
+        summary = prepare(*args, **kwargs)
     except PreparationError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -374,7 +359,7 @@ def main(
     if usable == 0:
         print(f"error: no usable image was produced (see {Path(output_dir) / 'skipped.csv'}).", file=sys.stderr)
         raise SystemExit(1)
-    print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} skipped, listed in skipped.csv).")
+    print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} skipped, in skipped.csv).")
 
 
 main.__doc__ = (

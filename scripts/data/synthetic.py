@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from scripts.common.files import atomic_path
+from scripts.data.layout import subject_folder
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
@@ -366,7 +367,7 @@ def generate(
     for index in range(int(num_subjects)):
         rng = np.random.default_rng([int(seed), index])
         subject_id = 10_000_000 + 9_973 * index + int(rng.integers(0, 9_000))
-        subject_dir = f"files/p{str(subject_id)[:2]}/p{subject_id}"
+        subject_dir = f"files/{subject_folder(subject_id)}"
         for study_index in range(int(rng.integers(1, int(max_studies_per_subject) + 1))):
             study_id = (
                 50_000_000 + 4_001 * (index * int(max_studies_per_subject) + study_index) + int(rng.integers(0, 4_000))

@@ -78,15 +78,10 @@ def run_evaluation(
     summary["settings"]["xrv_weights"] = getattr(xrv_model, "weights_source", "")
     if reconstruction_items and autoencoder is not None:
         logger.info("Reconstruction of %d test images", len(reconstruction_items))
-        rows = metrics.reconstruction_scores(
-            autoencoder,
-            _batches(reconstruction_items, real_transform, batch_size, "reconstruction"),
-            device=device,
-            kernel_size=msssim_kernel_size,
-            weights=msssim_weights,
-        )
-        metrics.write_csv(rows, os.path.join(evaluation_dir, "reconstruction.csv"))
-        summary["reconstruction"]["test"] = metrics.summarise(rows)
+        summary["reconstruction"]["test"] = _reconstruction(
+            evaluation_dir, reconstruction_items, real_transform, autoencoder, device, batch_size,
+            msssim_kernel_size, msssim_weights,
+        )  # fmt: skip
 
     by_kind = {s["kind"]: s for s in sets}
     generated = {kind: set_files(by_kind[kind], samples_dir) for kind in (UNCONDITIONAL, REPORTS) if kind in by_kind}
@@ -153,6 +148,15 @@ def _batches(items: Sequence[dict], transform: Callable | None, batch_size: int,
     )
 
 
+def _reconstruction(evaluation_dir, items, transform, autoencoder, device, batch_size, kernel_size, weights) -> dict:
+    """MS-SSIM / SSIM / PSNR of the autoencoder's reconstructions of ``items``: per image to
+    ``reconstruction.csv``, summarised in the returned dict."""
+    batches = _batches(items, transform, batch_size, "reconstruction")
+    rows = metrics.reconstruction_scores(autoencoder, batches, device=device, kernel_size=kernel_size, weights=weights)
+    metrics.write_csv(rows, os.path.join(evaluation_dir, "reconstruction.csv"))
+    return metrics.summarise(rows)
+
+
 def reconstruction_only(
     evaluation_dir: str,
     items: Sequence[dict],
@@ -164,15 +168,9 @@ def reconstruction_only(
     msssim_weights: Sequence[float] = metrics.MS_SSIM_WEIGHTS,
 ) -> dict:
     """Reconstruction metrics only (``configs/evaluate_reconstruction.json``): CSV + ``reconstruction.json``."""
-    rows = metrics.reconstruction_scores(
-        autoencoder,
-        _batches(items, transform, batch_size, "reconstruction"),
-        device=device,
-        kernel_size=msssim_kernel_size,
-        weights=msssim_weights,
+    summary = _reconstruction(
+        evaluation_dir, items, transform, autoencoder, device, batch_size, msssim_kernel_size, msssim_weights
     )
-    metrics.write_csv(rows, os.path.join(evaluation_dir, "reconstruction.csv"))
-    summary = metrics.summarise(rows)
     atomic_write_json(os.path.join(evaluation_dir, "reconstruction.json"), summary)
     logger.info("Reconstruction MS-SSIM %.4f over %d images", summary["ms_ssim_mean"], summary["num_images"])
     return summary

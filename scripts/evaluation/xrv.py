@@ -14,7 +14,7 @@ Two input protocols (``PROTOCOLS``) turn images with intensities in [0, 1] into 
 - ``"xrv"`` (default, what the network was trained on): one channel, centre crop to a square, resize
   (area-averaging) to 224 × 224, intensities scaled to [-1024, 1024]; features are the network's own
   ``features2`` (ReLU, global average pool).
-- ``"reference"``: what the seed paper's FID script did (DESIGN.md §3.7), kept only to reproduce its
+- ``"reference"``: what the published model's FID script did, kept only to reproduce its
   published FID: images at their loaded size (512 px), *no* scaling to [-1024, 1024], real images left
   in [0, 1] but generated images in [0, 255], and features pooled from ``features`` without the ReLU.
 """

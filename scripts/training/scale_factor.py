@@ -46,8 +46,8 @@ def estimate_scale_factor(
     dataset,
     num_images: int = 512,
     batch_size: int = 32,
-    device: str | torch.device = "cpu",
     seed: int = 0,
+    device: str | torch.device = "cpu",
     output_file: str | None = None,
 ) -> float:
     """1 / std of the latents of ``num_images`` images drawn at random (``seed``) from ``dataset``.

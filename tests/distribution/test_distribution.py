@@ -61,6 +61,12 @@ def http_root(tmp_path):
     server.server_close()
 
 
+def _python(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """``python <args>`` in ``cwd``, offline, with nothing of this checkout on PYTHONPATH (as a user would)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def _entry(path, url, data: bytes) -> dict:
     return {"path": path, "url": url, "hash_type": "md5", "hash_val": hashlib.md5(data).hexdigest()}
 
@@ -135,26 +141,8 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
 
     target = tmp_path / "empty"
     target.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    fetched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "download",
-            "--name",
-            "cxr_ldm",
-            "--url",
-            f"{base}/{zip_path.name}",
-            "--bundle_dir",
-            str(target),
-        ],
-        cwd=target,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    fetched = _python(["-m", "monai.bundle", "download", "--name", "cxr_ldm", "--url", f"{base}/{zip_path.name}",
+                       "--bundle_dir", str(target)], cwd=target)  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     bundle = target / "cxr_ldm"
     assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "large_files.yml").is_file()
@@ -162,43 +150,14 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     # The large files come from the download command (here with the tiny weights served on loopback).
     entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in ("autoencoder.pt", "model.pt")]
     (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
-    fetched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.download",
-            "models/autoencoder.pt",
-            "models/model.pt",
-            "--large_files",
-            str(tmp_path / "large_files.yml"),
-        ],
-        cwd=bundle,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    fetched = _python(["-m", "scripts.download", "models/autoencoder.pt", "models/model.pt",
+                       "--large_files", str(tmp_path / "large_files.yml")], cwd=bundle)  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
     shutil.copy(TINY_OVERLAY, bundle / "tiny.json")
 
-    ran = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "['configs/inference.json','tiny.json']",
-            "--load_old",
-            "False",
-        ],
-        cwd=bundle,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ran = _python(["-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','tiny.json']",
+                   "--load_old", "False"], cwd=bundle)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
     images = sorted((bundle / "output").glob("*.png"))
     assert len(images) == 1 and read_png(images[0]).shape == (64, 64) and read_png(images[0]).std() > 1.0
@@ -253,12 +212,7 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _python(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], cwd=bundle)
     assert result.returncode == 0, result.stderr[-3000:]
     for index, entry in enumerate(entries):
         assert (bundle / entry["path"]).read_bytes() == (root / f"file{index}").read_bytes()
@@ -267,10 +221,5 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     entries[0]["hash_val"] = "0" * len(entries[0]["hash_val"])
     (bundle / entries[0]["path"]).unlink()
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _python(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], cwd=bundle)
     assert result.returncode != 0 and "hash" in result.stderr.lower()

@@ -42,30 +42,22 @@ def _labels_file(dataset_dir: Path, path: Path) -> Path:
     return path
 
 
+def _evaluate(config: str, model_dir, dataset_dir, evaluation_dir, samples_dir, **overrides) -> None:
+    """An evaluation config merged over inference.json and data.json, with the tiny weights."""
+    settings = {"dataset_dir": str(dataset_dir), "evaluation_dir": str(evaluation_dir), **SMALL_MS_SSIM, **overrides}
+    run_inference(model_dir, samples_dir, DATA_CONFIG, config, **settings)
+
+
 def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset_dir, tmp_path):
     evaluation_dir = tmp_path / "evaluation"
     num_test = len(json.loads((dataset_dir / "datalist.json").read_text())["test"])
     assert num_test >= 2
-    run_inference(
-        tiny_model_dir,
-        evaluation_dir / "samples",
-        DATA_CONFIG,
-        EVALUATE_CONFIG,
-        dataset_dir=str(dataset_dir),
-        evaluation_dir=str(evaluation_dir),
-        xrv_weights="random",
-        num_real_images=99,
-        num_report_images=2,
-        num_unconditional_images=3,
-        num_reconstruction_images=99,
-        adherence_findings=FINDINGS,
-        adherence_num_samples=2,
-        diversity_max_pairs=None,
-        batch_size=4,
-        eval_batch_size=4,
-        chexpert_labels_file=str(_labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")),
-        **SMALL_MS_SSIM,
-    )
+    sizes = {"num_real_images": 99, "num_report_images": 2, "num_unconditional_images": 3}
+    sizes.update(num_reconstruction_images=99, adherence_num_samples=2, batch_size=4, eval_batch_size=4)
+    labels_file = _labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")
+    overrides = {"xrv_weights": "random", "adherence_findings": FINDINGS, "diversity_max_pairs": None, **sizes}
+    _evaluate(EVALUATE_CONFIG, tiny_model_dir, dataset_dir, evaluation_dir, evaluation_dir / "samples",
+              chexpert_labels_file=str(labels_file), **overrides)  # fmt: skip
     summary = json.loads((evaluation_dir / "summary.json").read_text())
     assert any("RANDOM weights" in w for w in summary["warnings"])
     assert summary["reconstruction"]["test"]["num_images"] == num_test
@@ -107,16 +99,7 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
 def test_reconstruction_only_config_skips_the_diffusion_model(tiny_model_dir, dataset_dir, tmp_path):
     evaluation_dir = tmp_path / "rec"
     (tmp_path / "unused").mkdir()
-    run_inference(
-        tiny_model_dir,
-        tmp_path / "unused",
-        DATA_CONFIG,
-        RECONSTRUCTION_CONFIG,
-        dataset_dir=str(dataset_dir),
-        evaluation_dir=str(evaluation_dir),
-        diffusion_path=str(tmp_path / "no_unet.pt"),
-        num_reconstruction_images=2,
-        **SMALL_MS_SSIM,
-    )
+    _evaluate(RECONSTRUCTION_CONFIG, tiny_model_dir, dataset_dir, evaluation_dir, tmp_path / "unused",
+              diffusion_path=str(tmp_path / "no_unet.pt"), num_reconstruction_images=2)  # fmt: skip
     result = json.loads((evaluation_dir / "reconstruction.json").read_text())
     assert result["num_images"] == 2 and 0 <= result["ms_ssim_mean"] <= 1 and result["psnr_mean"] > 0

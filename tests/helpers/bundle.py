@@ -32,6 +32,19 @@ def tiny_parser(*extra_files: str, **overrides):
     return load_parser([INFERENCE_CONFIG, TINY_OVERLAY, *extra_files], overrides)
 
 
+def tiny_run_settings(model_dir: Path, output_dir: Path, **overrides) -> dict:
+    """Overrides that point the inference config at tiny weights in ``model_dir`` (new layout, with their
+    ``text_encoder/``) and write to ``output_dir``, plus ``overrides``."""
+    return {
+        "bundle_root": str(BUNDLE_ROOT),
+        "model_dir": str(model_dir),
+        "output_dir": str(output_dir),
+        "load_old": False,
+        "text_encoder_source": str(Path(model_dir) / "text_encoder"),
+        **overrides,
+    }
+
+
 def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overrides):
     """Run the inference workflow in-process exactly as ``python -m monai.bundle run`` does.
 
@@ -40,14 +53,7 @@ def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overri
     """
     from monai.bundle.scripts import run
 
-    settings = {
-        "bundle_root": str(BUNDLE_ROOT),
-        "model_dir": str(model_dir),
-        "output_dir": str(output_dir),
-        "load_old": False,
-        "text_encoder_source": str(Path(model_dir) / "text_encoder"),
-    }
-    settings.update(overrides)
+    settings = tiny_run_settings(model_dir, output_dir, **overrides)
     run(
         config_file=[INFERENCE_CONFIG, TINY_OVERLAY, *extra_files],
         meta_file=str(CONFIGS / "metadata.json"),
@@ -96,25 +102,20 @@ def cli_env(bundle_on_path: bool = True) -> dict:
 
 
 def bundle_run_command(
-    files: list[str], overrides: dict, torchrun_procs: int = 0, master_port: int = 29555
+    files: list[str], overrides: dict, torchrun_procs: int = 0, master_port: int | None = None
 ) -> list[str]:
     """The ``python -m monai.bundle run`` command with ``--key value`` overrides.
 
-    With ``torchrun_procs``, the same under ``torchrun`` with that many processes.
+    With ``torchrun_procs``, the same under ``torchrun`` with that many processes (on ``master_port``, or
+    a free port of its own choosing when None).
     """
     args = ["-m", "monai.bundle", "run", "--config_file", config_file_arg(files)]
     for key, value in overrides.items():
         args += [f"--{key}", str(value)]
-    if torchrun_procs:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={torchrun_procs}",
-            f"--master_port={master_port}",
-            *args,
-        ]
-    return [sys.executable, *args]
+    if not torchrun_procs:
+        return [sys.executable, *args]
+    rendezvous = ["--standalone"] if master_port is None else [f"--master_port={master_port}"]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc_per_node={torchrun_procs}", *args]
 
 
 def run_bundle(files: list[str], overrides: dict, timeout: int = 240, **kwargs) -> subprocess.CompletedProcess:

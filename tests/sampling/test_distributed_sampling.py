@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, run_inference
+from helpers.bundle import (
+    BUNDLE_ROOT,
+    INFERENCE_CONFIG,
+    TINY_OVERLAY,
+    bundle_run_command,
+    cli_env,
+    run_inference,
+    tiny_run_settings,
+)
+from scripts.common.files import is_temporary
 
 MULTI_GPU_OVERLAY = str(BUNDLE_ROOT / "configs" / "multi_gpu_inference.json")
 
@@ -29,35 +36,9 @@ def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_m
     (out / "manifest.csv").unlink()
     (out / "manifest.rank1.csv").write_text("file,prompt\nno-such-image.png,torn line")
 
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}','{MULTI_GPU_OVERLAY}']",
-        "--bundle_root",
-        str(BUNDLE_ROOT),
-        "--model_dir",
-        str(tiny_model_dir),
-        "--text_encoder_source",
-        str(tiny_model_dir / "text_encoder"),
-        "--load_old",
-        "False",
-        "--prompts_file",
-        str(prompts_file),
-        "--output_dir",
-        str(out),
-        "--batch_size",
-        "4",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(BUNDLE_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    overrides = tiny_run_settings(tiny_model_dir, out, prompts_file=prompts_file, batch_size=4)
+    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY, MULTI_GPU_OVERLAY], overrides, torchrun_procs=2)
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
     images = sorted(p for p in out.iterdir() if p.suffix == ".png")
@@ -68,4 +49,4 @@ def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_m
     with open(out / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["file"] for r in rows) == [p.name for p in images]
-    assert not list(out.glob("manifest.rank*.csv")) and not list(out.glob("*.tmp"))
+    assert not list(out.glob("manifest.rank*.csv")) and not [p for p in out.iterdir() if is_temporary(p)]

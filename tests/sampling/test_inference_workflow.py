@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,16 @@ import pytest
 import torch
 from monai.bundle.scripts import run as bundle_run
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, read_png, run_inference
+from helpers.bundle import (
+    BUNDLE_ROOT,
+    INFERENCE_CONFIG,
+    TINY_OVERLAY,
+    bundle_run_command,
+    cli_env,
+    read_png,
+    run_inference,
+    tiny_run_settings,
+)
 from helpers.networks import make_tiny_text_encoder
 
 
@@ -38,34 +46,9 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
     """`python -m monai.bundle run` from another directory (no PYTHONPATH, only --bundle_root), with a CLI
     prompt that fire would turn into an int."""
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
-        "--bundle_root",
-        str(BUNDLE_ROOT),
-        "--model_dir",
-        str(tiny_model_dir),
-        "--text_encoder_source",
-        str(tiny_model_dir / "text_encoder"),
-        "--load_old",
-        "False",
-        "--output_dir",
-        str(out),
-        "--prompt",
-        "123",
-        "--num_samples",
-        "2",
-        "--batch_size",
-        "2",
-        "--seed",
-        "7",
-    ]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"
+    overrides = tiny_run_settings(tiny_model_dir, out, prompt="123", num_samples=2, batch_size=2, seed=7)
+    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)
+    env = cli_env(bundle_on_path=False)
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     images = sorted(out.glob("*.png"))
@@ -96,28 +79,8 @@ def test_cli_typed_prompts_match_prompts_file(raw, tiny_model_dir, tmp_path, mon
         sys, "argv", [str(Path(bundle_run.__code__.co_filename).parent / "__main__.py"), "run", "--prompt", raw]
     )
     out = tmp_path / "cli"
-    fire.Fire(
-        {"run": bundle_run},
-        command=[
-            "run",
-            "--config_file",
-            f"['{INFERENCE_CONFIG}','{TINY_OVERLAY}']",
-            "--bundle_root",
-            str(BUNDLE_ROOT),
-            "--model_dir",
-            str(tiny_model_dir),
-            "--text_encoder_source",
-            str(tiny_model_dir / "text_encoder"),
-            "--load_old",
-            "False",
-            "--output_dir",
-            str(out),
-            "--output_format",
-            "pt",
-            "--prompt",
-            raw,
-        ],
-    )
+    overrides = tiny_run_settings(tiny_model_dir, out, output_format="pt", prompt=raw)
+    fire.Fire({"run": bundle_run}, command=bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)[3:])
     cli_images = sorted(out.glob("*.pt"))
     assert _manifest(out)[0]["prompt"] == raw
     monkeypatch.setattr(sys, "argv", ["pytest"])

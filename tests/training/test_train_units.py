@@ -34,7 +34,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def _hand_alphas_cumprod() -> torch.Tensor:
-    # DESIGN §1: betas = linspace(sqrt(0.0015), sqrt(0.0205), 1000)², alpha_bar = prod(1 - beta)
+    # the model's noise schedule: betas = linspace(sqrt(0.0015), sqrt(0.0205), 1000)², alpha_bar = prod(1 - beta)
     betas = torch.linspace(math.sqrt(0.0015), math.sqrt(0.0205), 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
