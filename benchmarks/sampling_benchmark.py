@@ -1,7 +1,8 @@
 """Side-by-side sampling benchmark: the reference recipe against this bundle's default, same weights and seeds.
 
-Reference recipe (that of the released model's bundle): DDIM 50 steps, float32, the conditional and unconditional UNet passes
-run separately at batch 1, both prompts text-encoded for every image, one image at a time.
+Reference recipe (that of the released model's bundle): DDIM 50 steps, float32, the conditional and
+unconditional UNet passes run separately at batch 1, both prompts text-encoded for every image, one image
+at a time.
 Ours: the sampler of ``configs/inference.json`` with its scheduler, step count and speed switches
 (``batched_guidance``, ``autocast_dtype``, ``channels_last``, ``use_flash_attention``, ``compile``; any
 config key can be overridden on the command line), the null-prompt embedding cached, ``batch_sizes``
@@ -271,8 +272,9 @@ def parity(
 ) -> dict:
     """Distances of each sampler ("name-steps", e.g. "dpmpp_2m_karras-15") to each reference, same noise and text.
 
-    The first reference is the published evaluation's sampler (DDIM-200); a long DDIM run (e.g. DDIM-1000) approximates the
-    exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias towards.
+    The first reference is the published evaluation's sampler (DDIM-200); a long DDIM run (e.g. DDIM-1000)
+    approximates the exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias
+    towards.
     """
     from benchmarks.parity_model import synthetic_set
     from scripts.evaluation import xrv
@@ -433,7 +435,8 @@ def main(
         peak_tflops: the device's peak dense TFLOP/s in the dtype used, to print the compute bound in images/s.
         parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part.
         parity_samplers: "scheduler_name-steps" entries compared with each reference.
-        parity_references: DDIM-200 (the published evaluation's sampler), and a long DDIM run approximating the exact ODE solution.
+        parity_references: DDIM-200 (the published evaluation's sampler), and a long DDIM run approximating
+            the exact ODE solution.
         parity_images: images (prompts × seeds) in the parity comparison.
         xrv_weights: torchxrayvision DenseNet weights file for the feature distance (random weights without).
         output_json: where the report goes.
