@@ -14,14 +14,20 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pt")
+from scripts.data.dicom import is_dicom, read_radiograph
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pt", ".dcm")
 
 
 def load_image_file(path: str) -> torch.Tensor:
     """(1, H, W) float32 in [0, 1] of an image file.
 
-    Reads 8-bit (grey, or RGB made grey) and 16-bit grey PNG/JPEG files, and ``.pt`` tensors in [0, 1].
+    Reads 8-bit (grey, or RGB made grey) and 16-bit grey PNG/JPEG files, ``.pt`` tensors in [0, 1], and
+    DICOM radiographs through their Modality and VOI LUTs (``scripts.data.dicom.read_radiograph``, the
+    reader of every user image in the bundle).
     """
+    if is_dicom(path):
+        return torch.from_numpy(read_radiograph(path).astype(np.float32))[None]
     if path.endswith(".pt"):
         image = torch.load(path, map_location="cpu", weights_only=True).float()
         if image.ndim == 2:

@@ -46,6 +46,7 @@ from PIL import Image
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path, atomic_write_text, remove_leftovers
 from scripts.common.progress import progress as progress_bar
+from scripts.data.dicom import DicomError, is_dicom, read_radiograph
 from scripts.data.layout import image_path, subject_folder
 from scripts.data.report_sections import report_sentences_with_fallback
 
@@ -136,39 +137,66 @@ class ReportSource:
         return path.read_text(errors="replace") if path.is_file() else None
 
 
-def resize_image(source: str, destination: str, short_side: int, quality: int) -> tuple[str, str]:
+def load_grey(source: str, view_positions: tuple[str, ...] | None = None) -> Image.Image:
+    """An 8-bit grayscale image of ``source``: a JPEG/PNG (8- or 16-bit) or a DICOM radiograph.
+
+    16-bit PNGs rarely fill their container: their own range is stretched to 8 bits. DICOM files go through
+    their Modality and VOI LUTs (``scripts.data.dicom.read_radiograph``, which also applies
+    ``view_positions``); both then become round(255 · x).
+
+    Raises:
+        DicomError: a DICOM file that is not one usable radiograph.
+        OSError / ValueError: an unreadable or unsupported image file.
+    """
+    if is_dicom(source):
+        return Image.fromarray(np.round(read_radiograph(source, view_positions) * 255.0).astype(np.uint8), mode="L")
+    with Image.open(source) as image:
+        image.load()
+        if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
+            raise ValueError(f"unsupported image mode {image.mode}")
+        if image.mode in ("I;16", "I"):
+            pixels = np.asarray(image, dtype=np.float32)
+            low, high = float(pixels.min()), float(pixels.max())
+            return Image.fromarray(((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L")
+        return image.convert("L")
+
+
+def resize_image(
+    source: str, destination: str, short_side: int, quality: int, view_positions: tuple[str, ...] | None = None
+) -> tuple[str, str]:
     """Write ``source`` as 8-bit grayscale with its short side resized to ``short_side`` to ``destination``.
 
-    Returns ``(destination, "")`` on success or ``(destination, reason)`` when the image cannot be read.
+    Returns ``(destination, "")`` on success or ``(destination, reason)`` when the image cannot be used.
     The image is written to a temporary name and renamed, so ``destination`` is complete whenever it exists.
     """
     try:
-        with Image.open(source) as image:
-            image.load()
-            if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
-                return destination, f"unsupported image mode {image.mode}"
-            if image.mode in ("I;16", "I"):
-                # 12/16-bit data rarely fills the container: stretch the image's own range to 8 bits
-                pixels = np.asarray(image, dtype=np.float32)
-                low, high = float(pixels.min()), float(pixels.max())
-                image = Image.fromarray(
-                    ((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L"
-                )
-            image = image.convert("L")
-            width, height = image.size
-            scale = short_side / min(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            if size != image.size:
-                # Pillow's resampling widens its filter when shrinking, i.e. it is antialiased
-                image = image.resize(size, Image.Resampling.BILINEAR)
-            with atomic_path(destination) as temporary:
-                image.save(temporary, format="PNG" if destination.endswith(".png") else "JPEG", quality=quality)
+        image = load_grey(source, view_positions)
+        width, height = image.size
+        scale = short_side / min(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size != image.size:
+            # Pillow's resampling widens its filter when shrinking, i.e. it is antialiased
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        with atomic_path(destination) as temporary:
+            image.save(temporary, format="PNG" if destination.endswith(".png") else "JPEG", quality=quality)
+    except DicomError as error:
+        return destination, str(error).replace(f"'{source}' ", "", 1)
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for truncated / corrupt files
-        return (
-            destination,
-            f"unreadable image ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
-        )
+        detail = str(error).splitlines()[0] if str(error) else ""
+        return destination, f"unreadable image ({type(error).__name__}: {detail})"
     return destination, ""
+
+
+def run_image_tasks(tasks: list[tuple], num_workers: int | None, progress: bool) -> list[tuple[str, str]]:
+    """``resize_image(*task)`` for every task, in ``num_workers`` processes (None: all CPUs; 0: here)."""
+    workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
+    if workers > 0 and len(tasks) > 1:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
+            results = pool.map(_resize_in_worker, tasks, chunksize=max(1, min(64, len(tasks) // (4 * workers))))
+            return list(progress_bar(results, len(tasks), "images", enabled=progress, unit="img"))
+    return [resize_image(*task) for task in progress_bar(tasks, len(tasks), "images", enabled=progress, unit="img")]
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -197,6 +225,55 @@ def _resize_in_worker(task: tuple) -> tuple[str, str]:
     if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
         os._exit(1)  # orphaned: nobody will use what this worker writes
     return resize_image(*task)
+
+
+def open_output(output: Path, settings: dict) -> None:
+    """Create ``output``, or check that it was prepared with the same ``settings`` (then a run resumes);
+    remove the temporary files an interrupted run left."""
+    output.mkdir(parents=True, exist_ok=True)
+    settings_path = output / SETTINGS_FILE
+    if settings_path.is_file():
+        previous = json.loads(settings_path.read_text())
+        if previous != settings:
+            raise PreparationError(
+                f"'{output}' was prepared with {previous}, not {settings}: use another --output_dir, or the same "
+                "settings to resume."
+            )
+    else:
+        atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+    remove_leftovers(output)
+
+
+def write_results(
+    output: Path, items: dict, results: list[tuple[str, str]], skipped: list[tuple[str, str]], counts: Counter
+) -> dict:
+    """Count the image results, list failures in ``skipped``, and write ``datalist.json`` and ``skipped.csv``.
+
+    Args:
+        items: relative image path -> datalist item (with its ``_split``) for every image attempted.
+        results: ``(destination, reason)`` of ``resize_image`` per image ("" when written).
+        skipped: ``(id, reason)`` rows so far; the failed images are added.
+    Returns the datalist (split name -> items).
+    """
+    failed = set()
+    for destination, reason in results:
+        relative = Path(destination).relative_to(output).as_posix()
+        if reason:
+            failed.add(relative)
+            skipped.append((items[relative]["dicom_id"], reason))
+        else:
+            counts["images_written"] += 1
+    counts["images_unreadable"] = len(failed)
+    datalist = {name: [] for name in SPLIT_NAMES.values()}
+    for relative, item in items.items():
+        if relative not in failed:
+            datalist[item.pop("_split")].append(item)
+    atomic_write_text(output / "datalist.json", json.dumps(datalist, indent=1) + "\n")
+    with atomic_path(output / "skipped.csv") as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dicom_id", "reason"])
+        writer.writerows(skipped)
+    return datalist
 
 
 def prepare(
@@ -247,19 +324,9 @@ def prepare(
         images = images.head(int(limit))
     source = ReportSource(Path(reports) if reports else root)
 
-    output.mkdir(parents=True, exist_ok=True)
-    settings = {"short_side": int(short_side), "image_format": image_format, "jpeg_quality": int(jpeg_quality)}
-    settings_path = output / SETTINGS_FILE
-    if settings_path.is_file():
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            raise PreparationError(
-                f"'{output}' was prepared with {previous}, not {settings}: use another --output_dir, or the same "
-                "settings to resume."
-            )
-    else:
-        atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
-    remove_leftovers(output)  # half-written files of an interrupted run
+    open_output(
+        output, {"short_side": int(short_side), "image_format": image_format, "jpeg_quality": int(jpeg_quality)}
+    )
 
     skipped: list[tuple[str, str]] = []
     counts: Counter = Counter()
@@ -298,36 +365,7 @@ def prepare(
                 original = original.with_suffix(".png")
             tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
 
-    failed = set()
-    workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
-    if workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), initializer=die_with_parent, initargs=(os.getpid(),)
-        ) as pool:
-            results = pool.map(_resize_in_worker, tasks, chunksize=max(1, min(64, len(tasks) // (4 * workers))))
-            results = list(progress_bar(results, len(tasks), "images", enabled=progress, unit="img"))
-    else:
-        results = [
-            resize_image(*task) for task in progress_bar(tasks, len(tasks), "images", enabled=progress, unit="img")
-        ]
-    for destination, reason in results:
-        relative = Path(destination).relative_to(output).as_posix()
-        if reason:
-            failed.add(relative)
-            skipped.append((items[relative]["dicom_id"], reason))
-        else:
-            counts["images_written"] += 1
-    counts["images_unreadable"] = len(failed)
-
-    datalist = {name: [] for name in SPLIT_NAMES.values()}
-    for relative, item in items.items():
-        if relative not in failed:
-            datalist[item.pop("_split")].append(item)
-    atomic_write_text(output / "datalist.json", json.dumps(datalist, indent=1) + "\n")
-    with atomic_path(output / "skipped.csv") as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["dicom_id", "reason"])
-        writer.writerows(skipped)
+    datalist = write_results(output, items, run_image_tasks(tasks, num_workers, progress), skipped, counts)
     summary = {
         "images_selected": len(images),
         "view_positions": list(view_positions),

@@ -8,7 +8,7 @@ import torch
 
 from scripts.common.errors import CxrLdmError
 
-OUTPUT_FORMATS = ("png", "jpg", "pt")
+OUTPUT_FORMATS = ("png", "jpg", "pt", "dcm")
 
 
 class SettingsError(CxrLdmError, ValueError):

@@ -39,7 +39,7 @@ MANIFEST_COLUMNS = (
     "diffusion_weights",
     "text_encoder",
 )
-EXTENSIONS = {"png": ".png", "jpg": ".jpg", "pt": ".pt"}
+EXTENSIONS = {"png": ".png", "jpg": ".jpg", "pt": ".pt", "dcm": ".dcm"}
 
 
 def existing_image(output_dir: str, name: str) -> str | None:
@@ -51,10 +51,12 @@ def existing_image(output_dir: str, name: str) -> str | None:
     return None
 
 
-def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
+def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | None = None) -> str:
     """Write one image (1, H, W) in [0, 1] to ``path`` atomically; row 0 is the top of the picture.
 
-    ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float tensor itself.
+    ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float tensor itself; ``dcm`` is a
+    synthetic Secondary Capture DICOM with 16-bit pixels (``scripts.data.dicom``), which needs the image's
+    ``job`` (its name, settings and the run's ``study_uid`` / ``series_uid``).
     """
     if image.ndim != 3 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
@@ -64,6 +66,8 @@ def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
     with atomic_path(path) as temporary:
         if output_format == "pt":
             torch.save(image.clone(), temporary)
+        elif output_format == "dcm":
+            _secondary_capture(image[0].numpy(), job or {}).save_as(temporary, enforce_file_format=True)
         else:
             pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
             options = {"quality": 95} if output_format == "jpg" else {}
@@ -71,6 +75,18 @@ def write_image(image: torch.Tensor, path: str, output_format: str) -> str:
                 temporary, format="JPEG" if output_format == "jpg" else "PNG", **options
             )
     return path
+
+
+def _secondary_capture(pixels: np.ndarray, job: dict):
+    from scripts.data.dicom import synthetic_secondary_capture
+
+    study_uid, series_uid = job["study_uid"], job["series_uid"]  # one study and series per output folder
+    settings = {k: job[k] for k in MANIFEST_COLUMNS if k in job and k != "file"}
+    return synthetic_secondary_capture(
+        pixels, study_uid, series_uid, name=str(job.get("name", "")), settings=settings,
+        instance_number=int(str(job.get("name", "0")).split("_", 1)[0] or 0) + 1,
+        software_version=str(job.get("model_version", "")),
+    )  # fmt: skip
 
 
 def _write_csv(path: str, rows: Sequence[dict]) -> None:
@@ -124,7 +140,8 @@ class SampleWriter:
 
     Args:
         output_dir: folder of the images and ``manifest.csv`` (created on the first write).
-        output_format: ``png`` (8-bit), ``jpg`` (8-bit, quality 95) or ``pt`` (float tensor in [0, 1]).
+        output_format: ``png`` (8-bit), ``jpg`` (8-bit, quality 95), ``pt`` (float tensor in [0, 1]) or
+            ``dcm`` (synthetic Secondary Capture DICOM, 16-bit; one study and series per output folder).
         jobs: all jobs of the run (``scripts.sampling.jobs.sampling_jobs``); at the start of a run, finished
             images missing from the manifest (a run killed between image and manifest) are added back.
     """
@@ -136,6 +153,7 @@ class SampleWriter:
         self.output_dir = os.fspath(output_dir)
         self.output_format = output_format
         self.jobs = list(jobs)
+        self.run_uids: tuple[str, str] | None = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -149,6 +167,10 @@ class SampleWriter:
 
     def started(self, engine=None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
+        if self.output_format == "dcm":
+            from scripts.data.dicom import run_uids
+
+            self.run_uids = run_uids(self.output_dir)
         if rank_and_world()[1] == 1:
             merge_manifests(self.output_dir, self.jobs)
 
@@ -158,8 +180,10 @@ class SampleWriter:
         rows = []
         for i, image in enumerate(images):
             job = {key: values[i] for key, values in batch.items()}
+            if self.run_uids is not None:
+                job["study_uid"], job["series_uid"] = self.run_uids
             file_name = job["name"] + EXTENSIONS[self.output_format]
-            write_image(image, os.path.join(self.output_dir, file_name), self.output_format)
+            write_image(image, os.path.join(self.output_dir, file_name), self.output_format, job)
             rows.append(manifest_row(job, file_name))
         # Appending keeps the cost per batch constant for large runs; a line torn by a crash is dropped
         # (and rebuilt from the finished images) when the manifests are merged.

@@ -60,7 +60,7 @@ def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overri
         logging_file=str(CONFIGS / "logging.conf"),
         **settings,
     )
-    return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt"))
+    return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt", ".dcm"))
 
 
 def read_png(path):
@@ -92,10 +92,13 @@ def config_file_arg(files: list[str]) -> str:
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
-def cli_env(bundle_on_path: bool = True) -> dict:
-    """Environment of a CLI run: offline, one thread, unbuffered; the bundle on PYTHONPATH unless not wanted."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def cli_env(bundle_on_path: bool = True, one_thread: bool = True) -> dict:
+    """Environment of a CLI run: offline and unbuffered; the bundle on PYTHONPATH unless not wanted; one
+    OpenMP thread unless not wanted (the tests' own process uses two: float results then match it exactly)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
+    if one_thread:
+        env["OMP_NUM_THREADS"] = "1"
     if bundle_on_path:
         env["PYTHONPATH"] = str(BUNDLE_ROOT)
     return env

@@ -48,7 +48,7 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     overrides = tiny_run_settings(tiny_model_dir, out, prompt="123", num_samples=2, batch_size=2, seed=7)
     command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)
-    env = cli_env(bundle_on_path=False)
+    env = cli_env(bundle_on_path=False, one_thread=False)
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     images = sorted(out.glob("*.png"))
