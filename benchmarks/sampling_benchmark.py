@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from scripts.networks.precision import resolve_precision
 from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 PROMPT = "Big right-sided pleural effusion"
@@ -42,6 +43,7 @@ REFERENCE = {
     "num_inference_steps": 50,
     "batched_guidance": False,
     "autocast_dtype": None,
+    "guidance_interval": None,
     "channels_last": False,
     "use_flash_attention": False,
     "compile": False,
@@ -51,6 +53,7 @@ SWITCHES = (
     "num_inference_steps",
     "batched_guidance",
     "autocast_dtype",
+    "guidance_interval",
     "channels_last",
     "use_flash_attention",
     "compile",
@@ -184,6 +187,7 @@ def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
         null_prompt=parser["null_prompt"],
         batched_guidance=settings["batched_guidance"],
         autocast_dtype=settings["autocast_dtype"],
+        guidance_interval=settings.get("guidance_interval"),
         channels_last=settings["channels_last"],
         compile=settings["compile"],
         progress=False,
@@ -362,7 +366,7 @@ def print_tables(report: dict) -> None:
             s = row["settings"]
             label = (
                 f"{s['scheduler_name']} {'batched' if s['batched_guidance'] else 'separate'} "
-                f"{s['autocast_dtype'] or 'fp32'}"
+                f"{'fp32' if s['autocast_dtype'] in (None, 'float32') else s['autocast_dtype']}"
                 f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}"
                 f"{' compile' if s['compile'] else ''}"
             )
@@ -447,6 +451,7 @@ def main(
     if timing:
         networks, sources = build_networks(parser, device, seed)
         ours = {key: parser[key] for key in SWITCHES}
+        ours["autocast_dtype"] = resolve_precision(ours["autocast_dtype"], device)  # "auto" -> this machine's
         if ours["use_flash_attention"] != REFERENCE["use_flash_attention"]:
             reference_parser = load_parser(config_file, {**overrides, "use_flash_attention": False})
             reference_unet = reference_parser.get_parsed_content("network_def").to(device).eval()

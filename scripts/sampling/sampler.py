@@ -74,11 +74,14 @@ class GuidedLatentSampler(Inferer):
             branch whenever the negative prompt is "".
         batched_guidance: run both guidance branches in one UNet call of batch 2B.
         autocast_dtype: ``"bfloat16"``/``"float16"`` to run the UNet and decoder under ``torch.autocast``;
-            None for float32.
+            None or ``"float32"`` for float32 (the config resolves ``"auto"`` with
+            ``scripts.networks.precision.resolve_precision``).
         channels_last: use the channels-last memory format for the UNet and the autoencoder.
         compile: wrap the UNet in ``torch.compile`` (first call compiles; worthwhile for many images).
         progress: show a progress bar over denoising steps.
         cross_attention_dim: the UNet's context width; checked against the text encoder's when given.
+        guidance_interval: [lowest, highest] training timestep (0-999) at which guidance is applied;
+            the other steps run the conditional branch alone. None: every step.
     """
 
     CONTEXT_CACHE_SIZE = 256
@@ -100,6 +103,7 @@ class GuidedLatentSampler(Inferer):
         compile: bool = False,
         progress: bool = True,
         cross_attention_dim: int | None = None,
+        guidance_interval: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if int(num_inference_steps) < 1:
@@ -126,6 +130,11 @@ class GuidedLatentSampler(Inferer):
         self.progress = bool(progress)
         if cross_attention_dim is not None:
             check_context_width(text_encoder, cross_attention_dim)
+        if guidance_interval is not None:
+            if len(guidance_interval) != 2 or float(guidance_interval[0]) > float(guidance_interval[1]):
+                raise ValueError(f"guidance_interval must be [lowest, highest] timestep, got {guidance_interval!r}.")
+            guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
+        self.guidance_interval = guidance_interval
         self._context_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._compiled: dict[int, torch.nn.Module] = {}
         if self.channels_last:
@@ -165,12 +174,23 @@ class GuidedLatentSampler(Inferer):
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
+    def guides_at(self, timestep) -> bool:
+        """Whether guidance applies at ``timestep``: inside ``guidance_interval`` (every step without one).
+
+        Outside the interval the step runs the conditional branch alone: one UNet pass instead of two
+        (Kynkäänniemi et al. 2024, guidance in a limited interval).
+        """
+        if self.guidance_interval is None:
+            return True
+        low, high = self.guidance_interval
+        return low <= float(timestep) <= high
+
     def guided_output(self, unet, latents, timestep, context, uncond_context) -> torch.Tensor:
         """Guided model output (B, 3, h, w) at one ``timestep`` (the scheduler's prediction type)."""
         batch = latents.shape[0]
         t = torch.full((batch,), int(timestep), device=latents.device, dtype=torch.long)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        if self.guidance_scale == 1.0:
+        if self.guidance_scale == 1.0 or not self.guides_at(timestep):
             return unet(latents.contiguous(memory_format=memory_format), timesteps=t, context=context).float()
         if self.batched_guidance:
             both = torch.cat([latents, latents]).contiguous(memory_format=memory_format)

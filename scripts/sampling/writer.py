@@ -34,6 +34,8 @@ MANIFEST_COLUMNS = (
     "scheduler",
     "model_version",
     "null_prompt",
+    "autocast_dtype",
+    "guidance_interval",
     "scale_factor",
     "autoencoder_weights",
     "diffusion_weights",

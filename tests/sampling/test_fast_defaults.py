@@ -1,0 +1,67 @@
+"""Fast by default: precision chosen by the hardware (recorded, part of an image's identity) and guidance
+applied only inside a timestep interval."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+import scripts.networks.precision as precision
+from helpers.bundle import run_inference
+
+
+def _manifest(folder) -> list[dict]:
+    with open(folder / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("amx, expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_precision_follows_the_cpu(amx, expected, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert precision.resolve_precision("auto", "cpu") == expected
+    # an explicit value always wins
+    assert precision.resolve_precision("float32", "cpu") == "float32"
+    assert precision.resolve_precision(None, "cpu") == "float32"
+    assert precision.resolve_precision("bf16", "cpu") == "bfloat16"
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_precision_follows_the_gpu(supported, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+    assert precision.resolve_precision("auto", "cuda:0") == expected
+
+
+def test_auto_precision_is_recorded_and_never_reused_across_precisions(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(precision, "bf16_native", lambda device: False)
+    first = run_inference(tiny_model_dir, out, autocast_dtype="auto", output_format="pt")
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    second = run_inference(tiny_model_dir, out, autocast_dtype="auto", output_format="pt")
+    assert len(first) == 1 and len(second) == 2, "a bf16 run reused the float32 image"
+    assert sorted(row["autocast_dtype"] for row in _manifest(out)) == ["bfloat16", "float32"]
+    new = next(p for p in second if p not in first)
+    assert not torch.equal(torch.load(new, weights_only=True), torch.load(first[0], weights_only=True)), (
+        "the bf16 image was made in bf16"
+    )
+
+
+def test_guidance_interval_over_every_step_is_plain_guidance(tiny_model_dir, tmp_path):
+    plain = run_inference(tiny_model_dir, tmp_path / "plain", output_format="pt")
+    everywhere = run_inference(tiny_model_dir, tmp_path / "all", output_format="pt", guidance_interval=[0, 999])
+    torch.testing.assert_close(torch.load(everywhere[0]), torch.load(plain[0]), rtol=0, atol=0)
+    assert everywhere[0].name != plain[0].name, "the interval is part of the image's identity"
+
+
+def test_empty_guidance_interval_is_guidance_one_and_a_partial_one_lies_between(tiny_model_dir, tmp_path):
+    unguided = run_inference(tiny_model_dir, tmp_path / "g1", output_format="pt", guidance_scale=1.0)
+    empty = run_inference(tiny_model_dir, tmp_path / "empty", output_format="pt", guidance_interval=[2000, 3000])
+    torch.testing.assert_close(torch.load(empty[0]), torch.load(unguided[0]), rtol=0, atol=0)
+    plain = run_inference(tiny_model_dir, tmp_path / "plain", output_format="pt")
+    partial = run_inference(tiny_model_dir, tmp_path / "part", output_format="pt", guidance_interval=[500, 999])
+    images = [torch.load(p[0]) for p in (unguided, plain, partial)]
+    assert not torch.equal(images[2], images[0]) and not torch.equal(images[2], images[1])
+    rows = _manifest(tmp_path / "part")
+    assert rows[0]["guidance_interval"] == "[500, 999]"
