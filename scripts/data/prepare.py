@@ -276,6 +276,20 @@ def write_results(
     return datalist
 
 
+def write_summary(output: Path, head: dict, datalist: dict, counts: Counter, skipped: list, started: float) -> dict:
+    """Write and return ``summary.json``: ``head``, the images per split, and the counts of a preparation."""
+    summary = {
+        **head,
+        **{f"{name}_images": len(entries) for name, entries in datalist.items()},
+        **{key: counts[key] for key in ("images_written", "images_already_done", "images_unreadable")},
+        **{key: counts[key] for key in ("reports_missing", "reports_without_sections", "reports_from_last_paragraph")},
+        "images_skipped": len(skipped),
+        "seconds": round(time.time() - started, 1),
+    }
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def prepare(
     mimic_dir: str,
     output_dir: str,
@@ -366,22 +380,9 @@ def prepare(
             tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
 
     datalist = write_results(output, items, run_image_tasks(tasks, num_workers, progress), skipped, counts)
-    summary = {
-        "images_selected": len(images),
-        "view_positions": list(view_positions),
-        **{f"{name}_images": len(entries) for name, entries in datalist.items()},
-        "studies": len({item["study_id"] for entries in datalist.values() for item in entries}),
-        "images_written": counts["images_written"],
-        "images_already_done": counts["images_already_done"],
-        "images_unreadable": counts["images_unreadable"],
-        "reports_missing": counts["reports_missing"],
-        "reports_without_sections": counts["reports_without_sections"],
-        "reports_from_last_paragraph": counts["reports_from_last_paragraph"],
-        "images_skipped": len(skipped),
-        "seconds": round(time.time() - started, 1),
-    }
-    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    studies = len({item["study_id"] for entries in datalist.values() for item in entries})
+    head = {"images_selected": len(images), "view_positions": list(view_positions), "studies": studies}
+    return write_summary(output, head, datalist, counts, skipped, started)
 
 
 @functools.wraps(prepare, assigned=("__module__", "__annotations__"))  # fire shows prepare's arguments

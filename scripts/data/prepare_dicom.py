@@ -33,9 +33,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from scripts.common.files import atomic_write_text, is_temporary
+from scripts.common.files import is_temporary
 from scripts.data.dicom import DicomError, read_dataset
-from scripts.data.prepare import PreparationError, open_output, run_image_tasks, write_results
+from scripts.data.prepare import PreparationError, open_output, run_image_tasks, write_results, write_summary
 from scripts.data.report_sections import report_sentences_with_fallback
 
 SPLITS = {"train": "training", "training": "training", "validate": "validation", "validation": "validation"}
@@ -146,21 +146,8 @@ def prepare_dicom(
             tasks.append((str(path), str(output / relative), int(short_side), int(jpeg_quality), view_positions))
 
     datalist = write_results(output, items, run_image_tasks(tasks, num_workers, progress), skipped, counts)
-    summary = {
-        "files_found": len(files),
-        "view_positions": list(view_positions),
-        **{f"{name}_images": len(entries) for name, entries in datalist.items()},
-        "images_written": counts["images_written"],
-        "images_already_done": counts["images_already_done"],
-        "images_unusable": counts["images_unreadable"],
-        "reports_missing": counts["reports_missing"],
-        "reports_without_sections": counts["reports_without_sections"],
-        "reports_from_last_paragraph": counts["reports_from_last_paragraph"],
-        "files_skipped": len(skipped),
-        "seconds": round(time.time() - started, 1),
-    }
-    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    head = {"files_found": len(files), "view_positions": list(view_positions)}
+    return write_summary(output, head, datalist, counts, skipped, started)
 
 
 @functools.wraps(prepare_dicom, assigned=("__module__", "__annotations__", "__doc__"))  # fire shows its arguments
@@ -171,4 +158,4 @@ def main(*args, **kwargs) -> None:
     usable = summary["training_images"] + summary["validation_images"] + summary["test_images"]
     if usable == 0:
         raise PreparationError(f"No usable image was produced: see {Path(output_dir) / 'skipped.csv'}.")
-    print(f"Prepared {usable} images in {output_dir} ({summary['files_skipped']} files skipped, in skipped.csv).")
+    print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} files skipped, in skipped.csv).")

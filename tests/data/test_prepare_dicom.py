@@ -105,7 +105,7 @@ def test_dicom_tree_prepares_like_the_equivalent_pngs(dicom_tree, tmp_path):
     summary = prepare_dicom(str(root), _table(tmp_path / "reports.csv", rows), str(output), short_side=SHORT_SIDE,
                             image_format="png", num_workers=0, progress=False)  # fmt: skip
 
-    assert summary["training_images"] == len(expected) and summary["files_skipped"] == len(bad)
+    assert summary["training_images"] == len(expected) and summary["images_skipped"] == len(bad)
     skipped = {row["dicom_id"]: row["reason"] for row in csv.DictReader(open(output / "skipped.csv"))}
     reasons = " | ".join(skipped.values())
     assert "LL view" in reasons and "no pixel data" in reasons and "cannot be decoded" in reasons
