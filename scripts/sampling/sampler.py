@@ -18,6 +18,7 @@ from monai.inferers import Inferer
 
 from scripts.common.errors import CxrLdmError
 from scripts.common.progress import progress
+from scripts.networks.deep_cache import DeepCacheUNet
 from scripts.networks.schedulers import is_stochastic
 from scripts.networks.text import check_context_width, encode_ids, prompt_ids
 
@@ -82,6 +83,9 @@ class GuidedLatentSampler(Inferer):
         cross_attention_dim: the UNet's context width; checked against the text encoder's when given.
         guidance_interval: [lowest, highest] training timestep (0-999) at which guidance is applied;
             the other steps run the conditional branch alone. None: every step.
+        cache_interval: a full UNet pass every ``cache_interval`` steps, the shallow branch on cached deep
+            features in between (``scripts.networks.deep_cache``); 1: every step is a full pass. Takes the
+            place of ``compile`` when > 1.
     """
 
     CONTEXT_CACHE_SIZE = 256
@@ -104,6 +108,7 @@ class GuidedLatentSampler(Inferer):
         progress: bool = True,
         cross_attention_dim: int | None = None,
         guidance_interval: Sequence[int] | None = None,
+        cache_interval: int = 1,
     ) -> None:
         super().__init__()
         if int(num_inference_steps) < 1:
@@ -135,6 +140,9 @@ class GuidedLatentSampler(Inferer):
                 raise ValueError(f"guidance_interval must be [lowest, highest] timestep, got {guidance_interval!r}.")
             guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
         self.guidance_interval = guidance_interval
+        if int(cache_interval) < 1:
+            raise ValueError(f"cache_interval must be >= 1, got {cache_interval}.")
+        self.cache_interval = int(cache_interval)
         self._context_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._compiled: dict[int, torch.nn.Module] = {}
         if self.channels_last:
@@ -163,6 +171,10 @@ class GuidedLatentSampler(Inferer):
     def _unet(self, network: torch.nn.Module) -> torch.nn.Module:
         if self.channels_last:
             network.to(memory_format=torch.channels_last)
+        if self.cache_interval > 1:
+            if id(network) not in self._compiled:
+                self._compiled[id(network)] = DeepCacheUNet(network, self.cache_interval)
+            return self._compiled[id(network)]
         if not self.compile:
             return network
         if id(network) not in self._compiled:
@@ -218,6 +230,8 @@ class GuidedLatentSampler(Inferer):
         device = latents.device
         self.scheduler.set_timesteps(self.num_inference_steps, device=device)
         unet = self._unet(unet)
+        if isinstance(unet, DeepCacheUNet):
+            unet.reset()  # a new image: nothing cached yet
         stochastic = is_stochastic(self.scheduler)
         generators = [torch.Generator(device=device).manual_seed(step_noise_seed(s)) for s in (seeds or [])]
         if stochastic and len(generators) != latents.shape[0]:

@@ -36,6 +36,7 @@ MANIFEST_COLUMNS = (
     "null_prompt",
     "autocast_dtype",
     "guidance_interval",
+    "cache_interval",
     "scale_factor",
     "autoencoder_weights",
     "diffusion_weights",

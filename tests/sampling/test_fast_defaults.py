@@ -65,3 +65,34 @@ def test_empty_guidance_interval_is_guidance_one_and_a_partial_one_lies_between(
     assert not torch.equal(images[2], images[0]) and not torch.equal(images[2], images[1])
     rows = _manifest(tmp_path / "part")
     assert rows[0]["guidance_interval"] == "[500, 999]"
+
+
+def test_deep_cache_interval_one_is_the_unet_exactly_and_reuse_skips_the_deep_blocks():
+    from helpers.bundle import tiny_parser
+    from helpers.networks import fill_zero_initialised
+    from scripts.networks.deep_cache import DeepCacheUNet
+
+    unet = fill_zero_initialised(tiny_parser().get_parsed_content("network_def"), seed=1).eval()
+    x, t, context = torch.randn(2, 3, 8, 8), torch.tensor([500, 500]), torch.randn(2, 77, 32)
+    calls = []
+    unet.middle_block.register_forward_hook(lambda *args: calls.append("middle"))
+    with torch.no_grad():
+        expected = unet(x, timesteps=t, context=context)
+        assert torch.equal(DeepCacheUNet(unet, 1)(x, t, context), expected)
+        cached = DeepCacheUNet(unet, 3)
+        calls.clear()
+        outputs = [cached(x, t - step, context) for step in range(4)]
+    assert calls == ["middle", "middle"], "full passes at calls 1 and 4 only"
+    assert torch.equal(outputs[0], expected)
+    assert not torch.equal(outputs[1], unet(x, timesteps=t - 1, context=context))  # the deep features were reused
+    cached.reset()
+    with torch.no_grad():
+        assert torch.equal(cached(x, t, context), expected)
+
+
+def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    first = run_inference(tiny_model_dir, out, output_format="pt")
+    second = run_inference(tiny_model_dir, out, output_format="pt", cache_interval=2)
+    assert len(first) == 1 and len(second) == 2
+    assert sorted(row["cache_interval"] for row in _manifest(out)) == ["1", "2"]
