@@ -19,18 +19,12 @@ from monai.inferers import Inferer
 from scripts.common.errors import CxrLdmError
 from scripts.common.progress import progress
 from scripts.networks.deep_cache import DeepCacheUNet
+from scripts.networks.precision import PRECISIONS
 from scripts.networks.schedulers import is_stochastic
 from scripts.networks.text import check_context_width, encode_ids, prompt_ids
 
-AUTOCAST_DTYPES = {
-    None: None,
-    "none": None,
-    "float32": None,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+#: precision name (``scripts.networks.precision.PRECISIONS``) -> autocast dtype (None: no autocast)
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
@@ -113,11 +107,11 @@ class GuidedLatentSampler(Inferer):
         super().__init__()
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        key = None if autocast_dtype is None else str(autocast_dtype).lower()
+        key = PRECISIONS.get("none" if autocast_dtype is None else str(autocast_dtype).lower())
         if key not in AUTOCAST_DTYPES:
             raise ValueError(
-                f"autocast_dtype must be one of {sorted(k for k in AUTOCAST_DTYPES if k)} or null, got "
-                f"{autocast_dtype!r}."
+                f"autocast_dtype must be one of {sorted(k for k in PRECISIONS if k != 'auto')} or null (resolve "
+                f"'auto' with scripts.networks.precision.resolve_precision), got {autocast_dtype!r}."
             )
         self.autoencoder = autoencoder.eval()
         self.text_encoder = text_encoder.eval()
