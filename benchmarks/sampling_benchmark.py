@@ -372,6 +372,8 @@ def print_tables(report: dict) -> None:
                 f"{'fp32' if s['autocast_dtype'] in (None, 'float32') else s['autocast_dtype']}"
                 f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}"
                 f"{' compile' if s['compile'] else ''}"
+                f"{' cache' + str(s['cache_interval']) if s.get('cache_interval', 1) > 1 else ''}"
+                f"{' interval' + str(list(s['guidance_interval'])) if s.get('guidance_interval') else ''}"
             )
             label = ("reference: " if row["recipe"] == "reference" else "ours: ") + label
             print(
