@@ -266,6 +266,30 @@ def unet_flops(unet, parser, device: torch.device, batch_size: int = 1) -> float
     return float(counter.get_total_flops())
 
 
+def sampler_spec(name: str) -> tuple[str, int, dict]:
+    """``"scheduler-steps[@option...]"`` -> (scheduler name, steps, settings).
+
+    Options: ``bf16`` (bfloat16 autocast), ``cache<N>`` (feature reuse every N steps), ``interval<low>:<high>``
+    (guidance only at timesteps in [low, high]); e.g. ``"unipc_karras-20@bf16@cache2"``.
+    """
+    base, *options = name.split("@")
+    scheduler_name, steps = base.rsplit("-", 1)
+    settings: dict = {}
+    for option in options:
+        if option == "bf16":
+            settings["autocast_dtype"] = "bfloat16"
+        elif option.startswith("cache"):
+            settings["cache_interval"] = int(option[len("cache") :])
+        elif option.startswith("interval"):
+            low, high = option[len("interval") :].split(":")
+            settings["guidance_interval"] = [int(low), int(high)]
+        else:
+            raise ValueError(
+                f"Unknown sampler option {option!r} in {name!r}: use bf16, cache<N> or interval<low>:<high>."
+            )
+    return scheduler_name, int(steps), settings
+
+
 def parity(
     model_dir: str,
     config_file,
@@ -306,10 +330,9 @@ def parity(
     results = {}
     with torch.inference_mode():
         for name in [*references, *samplers]:
-            scheduler_name, steps = name.rsplit("-", 1)
-            sampler = make_sampler(
-                parser, networks, {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True}, int(steps)
-            )
+            scheduler_name, steps, options = sampler_spec(name)
+            settings = {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True, **options}
+            sampler = make_sampler(parser, networks, settings, steps)
             context, uncond = (
                 sampler.encode_prompts(prompts).to(device),
                 sampler.encode_prompts([""] * num_images).to(device),
@@ -339,7 +362,9 @@ def parity(
         baseline = table.get("ddim-50")
         fewest[reference] = {}
         for name in samplers:
-            scheduler_name, steps = name.rsplit("-", 1)
+            scheduler_name, steps, options = sampler_spec(name)
+            if options:
+                continue  # the fewest-steps search compares plain float32 samplers
             if baseline and scheduler_name != "ddim" and all(table[name][k] <= baseline[k] for k in baseline):
                 previous = fewest[reference].get(scheduler_name)
                 fewest[reference][scheduler_name] = int(steps) if previous is None else min(previous, int(steps))
@@ -443,7 +468,8 @@ def main(
         timing: run the timing part.
         peak_tflops: the device's peak dense TFLOP/s in the dtype used, to print the compute bound in images/s.
         parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part.
-        parity_samplers: "scheduler_name-steps" entries compared with each reference.
+        parity_samplers: "scheduler_name-steps[@option...]" entries compared with each reference
+            (options: ``sampler_spec``).
         parity_references: DDIM-200 (the published evaluation's sampler), and a long DDIM run approximating
             the exact ODE solution.
         parity_images: images (prompts × seeds) in the parity comparison.

@@ -63,3 +63,16 @@ def test_parity_part_reports_distances_to_references(tmp_path):
     # 30 solver steps land much closer to a long DDIM run than 2 do, whatever the weights.
     assert table["dpmpp_2m_karras-30"]["latent_rmse"] < table["dpmpp_2m-2"]["latent_rmse"]
     assert set(result["fewest_steps_as_close_as_ddim_50"]) == {"ddim-40"}
+
+
+def test_parity_sampler_specs_carry_their_settings():
+    from benchmarks.sampling_benchmark import sampler_spec
+
+    assert sampler_spec("unipc_karras-20") == ("unipc_karras", 20, {})
+    assert sampler_spec("unipc_karras-20@bf16@cache2@interval100:700") == (
+        "unipc_karras",
+        20,
+        {"autocast_dtype": "bfloat16", "cache_interval": 2, "guidance_interval": [100, 700]},
+    )
+    with pytest.raises(ValueError, match="Unknown sampler option 'fast'"):
+        sampler_spec("ddim-50@fast")
