@@ -68,7 +68,8 @@ class GuidedLatentSampler(Inferer):
         null_prompt: style of the null prompt (``scripts.networks.text.NULL_PROMPT_STYLES``), the unconditional
             branch whenever the negative prompt is "".
         batched_guidance: run both guidance branches in one UNet call of batch 2B.
-        autocast_dtype: ``"bfloat16"``/``"float16"`` to run the UNet and decoder under ``torch.autocast``;
+        autocast_dtype: ``"bfloat16"``/``"float16"`` to run the UNet under ``torch.autocast`` (the decoder
+            stays float32, see ``decode``);
             None or ``"float32"`` for float32 (the config resolves ``"auto"`` with
             ``scripts.networks.precision.resolve_precision``).
         channels_last: use the channels-last memory format for the UNet and the autoencoder.
@@ -246,12 +247,16 @@ class GuidedLatentSampler(Inferer):
         return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) in [0, 1] from clean latents (B, *latent_shape)."""
-        z = latents / self.scale_factor
+        """Images (B, 1, H, W) in [0, 1] from clean latents (B, *latent_shape).
+
+        The decoder always runs in float32: measured on the parity model, a bf16 decoder alone moves the
+        pixels further from DDIM-200 than DDIM-50 does (pixel RMSE 0.0033 vs 0.0022), while bf16 UNet steps
+        with a float32 decoder stay closer than DDIM-50 on every measure (docs/performance.md).
+        """
+        z = latents.float() / self.scale_factor
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        with self._autocast(latents.device):
-            images = self.autoencoder.decode_stage_2_outputs(z)
+        images = self.autoencoder.decode_stage_2_outputs(z)
         return images.float().clamp(0.0, 1.0).contiguous()
 
     # -- the whole pipeline -------------------------------------------------------------------------
