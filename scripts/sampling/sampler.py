@@ -139,7 +139,7 @@ class GuidedLatentSampler(Inferer):
             raise ValueError(f"cache_interval must be >= 1, got {cache_interval}.")
         self.cache_interval = int(cache_interval)
         self._context_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._compiled: dict[int, torch.nn.Module] = {}
+        self._wrapped_unets: dict[int, torch.nn.Module] = {}  # network id -> its DeepCache or compiled wrapper
         if self.channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
 
@@ -167,14 +167,14 @@ class GuidedLatentSampler(Inferer):
         if self.channels_last:
             network.to(memory_format=torch.channels_last)
         if self.cache_interval > 1:
-            if id(network) not in self._compiled:
-                self._compiled[id(network)] = DeepCacheUNet(network, self.cache_interval)
-            return self._compiled[id(network)]
+            if id(network) not in self._wrapped_unets:
+                self._wrapped_unets[id(network)] = DeepCacheUNet(network, self.cache_interval)
+            return self._wrapped_unets[id(network)]
         if not self.compile:
             return network
-        if id(network) not in self._compiled:
-            self._compiled[id(network)] = torch.compile(network)
-        return self._compiled[id(network)]
+        if id(network) not in self._wrapped_unets:
+            self._wrapped_unets[id(network)] = torch.compile(network)
+        return self._wrapped_unets[id(network)]
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
