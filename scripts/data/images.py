@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from scripts.data.dicom import is_dicom, read_radiograph
 
@@ -35,14 +36,50 @@ def load_image_file(path: str) -> torch.Tensor:
         if image.ndim != 3 or image.shape[0] != 1:
             raise ValueError(f"'{path}' holds a tensor shaped {tuple(image.shape)}; expected (1, H, W) or (H, W).")
         return image
-    from PIL import Image
-
     with Image.open(path) as pil:
         if pil.mode.startswith("I;16"):
             array = np.asarray(pil, dtype=np.float32) / 65535.0
         else:
             array = np.asarray(pil.convert("L"), dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def load_grey(source: str, view_positions: tuple[str, ...] | None = None) -> Image.Image:
+    """An 8-bit grayscale image of ``source``: a JPEG/PNG (8- or 16-bit) or a DICOM radiograph.
+
+    16-bit PNGs rarely fill their container: their own range is stretched to 8 bits. DICOM files go through
+    their Modality and VOI LUTs (``scripts.data.dicom.read_radiograph``, which also applies
+    ``view_positions``); both then become round(255 · x).
+
+    Raises:
+        DicomError: a DICOM file that is not one usable radiograph.
+        OSError / ValueError: an unreadable or unsupported image file.
+    """
+    if is_dicom(source):
+        return Image.fromarray(np.round(read_radiograph(source, view_positions) * 255.0).astype(np.uint8), mode="L")
+    with Image.open(source) as image:
+        image.load()
+        if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
+            raise ValueError(f"unsupported image mode {image.mode}")
+        if image.mode in ("I;16", "I"):
+            pixels = np.asarray(image, dtype=np.float32)
+            low, high = float(pixels.min()), float(pixels.max())
+            return Image.fromarray(((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L")
+        return image.convert("L")
+
+
+def resize_short_side(image, short_side: int, resample=None):
+    """``image`` (PIL) scaled so that its short side is ``short_side`` pixels, aspect ratio kept.
+
+    Bilinear by default (Pillow widens the filter when shrinking, so it is antialiased); masks pass
+    ``Image.Resampling.NEAREST``. An image already at that size is returned as it is.
+    """
+    width, height = image.size
+    scale = int(short_side) / min(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.BILINEAR if resample is None else resample)
 
 
 def load_image_item(item: dict) -> dict:

@@ -39,14 +39,13 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path, atomic_write_text, remove_leftovers
 from scripts.common.progress import progress as progress_bar
-from scripts.data.dicom import DicomError, is_dicom, read_radiograph
+from scripts.data.dicom import DicomError
+from scripts.data.images import load_grey, resize_short_side
 from scripts.data.layout import image_path, subject_folder
 from scripts.data.report_sections import report_sentences_with_fallback
 
@@ -137,30 +136,6 @@ class ReportSource:
         return path.read_text(errors="replace") if path.is_file() else None
 
 
-def load_grey(source: str, view_positions: tuple[str, ...] | None = None) -> Image.Image:
-    """An 8-bit grayscale image of ``source``: a JPEG/PNG (8- or 16-bit) or a DICOM radiograph.
-
-    16-bit PNGs rarely fill their container: their own range is stretched to 8 bits. DICOM files go through
-    their Modality and VOI LUTs (``scripts.data.dicom.read_radiograph``, which also applies
-    ``view_positions``); both then become round(255 · x).
-
-    Raises:
-        DicomError: a DICOM file that is not one usable radiograph.
-        OSError / ValueError: an unreadable or unsupported image file.
-    """
-    if is_dicom(source):
-        return Image.fromarray(np.round(read_radiograph(source, view_positions) * 255.0).astype(np.uint8), mode="L")
-    with Image.open(source) as image:
-        image.load()
-        if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
-            raise ValueError(f"unsupported image mode {image.mode}")
-        if image.mode in ("I;16", "I"):
-            pixels = np.asarray(image, dtype=np.float32)
-            low, high = float(pixels.min()), float(pixels.max())
-            return Image.fromarray(((pixels - low) * (255.0 / max(high - low, 1.0))).round().astype(np.uint8), mode="L")
-        return image.convert("L")
-
-
 def resize_image(
     source: str, destination: str, short_side: int, quality: int, view_positions: tuple[str, ...] | None = None
 ) -> tuple[str, str]:
@@ -170,13 +145,7 @@ def resize_image(
     The image is written to a temporary name and renamed, so ``destination`` is complete whenever it exists.
     """
     try:
-        image = load_grey(source, view_positions)
-        width, height = image.size
-        scale = short_side / min(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if size != image.size:
-            # Pillow's resampling widens its filter when shrinking, i.e. it is antialiased
-            image = image.resize(size, Image.Resampling.BILINEAR)
+        image = resize_short_side(load_grey(source, view_positions), short_side)
         with atomic_path(destination) as temporary:
             image.save(temporary, format="PNG" if destination.endswith(".png") else "JPEG", quality=quality)
     except DicomError as error:

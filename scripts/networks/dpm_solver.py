@@ -95,6 +95,21 @@ class DPMSolverPlusPlusScheduler(Scheduler):
         self.solver.set_timesteps(self.num_inference_steps, device=device)
         self.timesteps = self.solver.timesteps
 
+    def set_begin_index(self, index: int) -> None:
+        """Start the next run of ``step`` at ``timesteps[index]`` (image-to-image); call after ``set_timesteps``."""
+        self.solver.set_begin_index(int(index))
+
+    def noise_scales(self, index: int) -> tuple[float, float]:
+        """(alpha, sigma) of the sample the solver expects at ``timesteps[index]``: x = alpha·x0 + sigma·noise.
+
+        ``index == len(timesteps)`` is the end of sampling (1, 0). On Karras noise levels the solver's
+        level is its own ``sigmas[index]``, not the level of the rounded timestep, so samples handed to the
+        solver mid-way (image-to-image, inpainting) are noised with these scales.
+        """
+        sigma = self.solver.sigmas[int(index)].to(torch.float64)
+        alpha, sigma = self.solver._sigma_to_alpha_sigma_t(sigma)
+        return float(alpha), float(sigma)
+
     def step(
         self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, generator=None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 #: name -> "module:Class". Extra keyword arguments of ``build_scheduler`` go to the class.
 SCHEDULERS = {
     "ddim": "monai.networks.schedulers:DDIMScheduler",
@@ -52,3 +54,28 @@ def is_stochastic(scheduler) -> bool:
     from monai.networks.schedulers import DDPMScheduler
 
     return isinstance(scheduler, DDPMScheduler)
+
+
+def noise_scales(scheduler, index: int) -> tuple[float, float]:
+    """(alpha, sigma) with which a sample at step ``index`` of ``scheduler.timesteps`` is x = alpha·x0 + sigma·ε.
+
+    ``index`` runs from 0 (the first, noisiest step) to ``len(scheduler.timesteps)``, the clean end of
+    sampling (1, 0). Call after ``set_timesteps``. MONAI's schedulers use the training schedule at the
+    step's timestep (alpha = √ᾱ_t, sigma = √(1 - ᾱ_t)); the multistep solvers their own noise levels.
+    """
+    index = int(index)
+    timesteps = scheduler.timesteps
+    if not 0 <= index <= len(timesteps):
+        raise IndexError(f"step index {index} is outside 0..{len(timesteps)}.")
+    if index == len(timesteps):
+        return 1.0, 0.0
+    if hasattr(scheduler, "noise_scales"):
+        return scheduler.noise_scales(index)
+    alpha_bar = float(scheduler.alphas_cumprod[int(timesteps[index])])
+    return alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+
+
+def noise_to_step(scheduler, clean: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+    """``clean`` latents noised with ``noise`` to the level of step ``index`` (``noise_scales``), in float32."""
+    alpha, sigma = noise_scales(scheduler, index)
+    return alpha * clean.float() + sigma * noise.float()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import Inferer
@@ -216,14 +216,24 @@ class GuidedLatentSampler(Inferer):
         context: torch.Tensor,
         uncond_context: torch.Tensor,
         seeds: Sequence[int] | None = None,
+        start_index: int = 0,
+        after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run the guided denoising loop from ``latents`` (B, *latent_shape) to clean latents (B, *latent_shape).
 
-        ``seeds`` seed the per-image generators of stochastic schedulers (DDPM), so that their noise also
-        depends on the image alone.
+        Args:
+            seeds: seed the per-image generators of stochastic schedulers (DDPM), so that their noise also
+                depends on the image alone.
+            start_index: the first step to run: ``latents`` are at the noise level of
+                ``scheduler.timesteps[start_index]`` (0 for text-to-image; later for image-to-image).
+            after_step: ``after_step(next_index, latents) -> latents`` is applied after each step, whose
+                result is at the level of step ``next_index`` (``len(timesteps)``: clean); editing uses
+                it to put back the latents that must not change.
         """
         device = latents.device
         self.scheduler.set_timesteps(self.num_inference_steps, device=device)
+        if start_index and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start_index)  # multistep solvers: where their step count starts
         unet = self._unet(unet)
         if isinstance(unet, DeepCacheUNet):
             unet.reset()  # a new image: nothing cached yet
@@ -232,7 +242,8 @@ class GuidedLatentSampler(Inferer):
         if stochastic and len(generators) != latents.shape[0]:
             raise ValueError("a stochastic scheduler needs one seed per image.")
         timesteps = self.scheduler.timesteps
-        for t in progress(timesteps, total=len(timesteps), description="denoising", enabled=self.progress):
+        steps = list(enumerate(timesteps))[int(start_index) :]
+        for index, t in progress(steps, total=len(steps), description="denoising", enabled=self.progress):
             with self._autocast(device):
                 output = self.guided_output(unet, latents, t, context, uncond_context)
             if stochastic:
@@ -244,6 +255,8 @@ class GuidedLatentSampler(Inferer):
                 )
             else:
                 latents = self.scheduler.step(output, t, latents)[0]
+            if after_step is not None:
+                latents = after_step(index + 1, latents)
         return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -275,12 +288,17 @@ class GuidedLatentSampler(Inferer):
         device = next(network.parameters()).device
         network.eval()
         with torch.inference_mode():
-            context = self.encode_prompts(prompts).to(device)
-            uncond_context = self.encode_prompts(negatives).to(device)
+            context, uncond_context = self.contexts(prompts, negatives, device)
             latents = initial_latents(seeds, self.latent_shape).to(device)
             latents = self.denoise(network, latents, context, uncond_context, seeds=seeds)
             self.check_finite(latents, prompts, seeds)
             return self.decode(latents)
+
+    def contexts(
+        self, prompts: Sequence[str], negatives: Sequence[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) contexts (B, 77, C) on ``device``; "" is the null prompt."""
+        return self.encode_prompts(prompts).to(device), self.encode_prompts(negatives).to(device)
 
     def check_finite(self, latents: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int]) -> None:
         """Refuse a batch whose clean latents (B, *latent_shape) hold NaN or inf (they decode to black images)."""

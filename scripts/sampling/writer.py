@@ -92,9 +92,9 @@ def _secondary_capture(pixels: np.ndarray, job: dict):
     )  # fmt: skip
 
 
-def _write_csv(path: str, rows: Sequence[dict]) -> None:
+def _write_csv(path: str, rows: Sequence[dict], columns: Sequence[str] = MANIFEST_COLUMNS) -> None:
     with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -115,12 +115,15 @@ def read_manifest(path: str) -> dict[str, dict]:
         }
 
 
-def manifest_row(job: dict, file_name: str) -> dict:
-    return {"file": file_name, **{k: job.get(k, "") for k in MANIFEST_COLUMNS if k != "file"}}
+def manifest_row(job: dict, file_name: str, columns: Sequence[str] = MANIFEST_COLUMNS) -> dict:
+    return {"file": file_name, **{k: job.get(k, "") for k in columns if k != "file"}}
 
 
-def merge_manifests(output_dir: str, jobs: Sequence[dict] = ()) -> str:
-    """Fold the per-rank manifests, and rows for finished ``jobs`` missing from it, into ``manifest.csv``."""
+def merge_manifests(output_dir: str, jobs: Sequence[dict] = (), columns: Sequence[str] = MANIFEST_COLUMNS) -> str:
+    """Fold the per-rank manifests, and rows for finished ``jobs`` missing from it, into ``manifest.csv``.
+
+    ``columns``: the manifest's columns (``MANIFEST_COLUMNS`` for text-to-image; editing adds its own).
+    """
     main = os.path.join(output_dir, MANIFEST)
     rows = read_manifest(main)
     shards = sorted(glob.glob(os.path.join(output_dir, "manifest.rank*.csv")))
@@ -129,10 +132,10 @@ def merge_manifests(output_dir: str, jobs: Sequence[dict] = ()) -> str:
     for job in jobs:
         path = existing_image(output_dir, job["name"])
         if path is not None and os.path.basename(path) not in rows:
-            rows[os.path.basename(path)] = manifest_row(job, os.path.basename(path))
+            rows[os.path.basename(path)] = manifest_row(job, os.path.basename(path), columns)
     if rows or os.path.isdir(output_dir):
         os.makedirs(output_dir, exist_ok=True)
-        _write_csv(main, sorted(rows.values(), key=lambda row: row["file"]))
+        _write_csv(main, sorted(rows.values(), key=lambda row: row["file"]), columns)
     for shard in shards:
         os.remove(shard)
     return main
@@ -147,7 +150,11 @@ class SampleWriter:
             ``dcm`` (synthetic Secondary Capture DICOM, 16-bit; one study and series per output folder).
         jobs: all jobs of the run (``scripts.sampling.jobs.sampling_jobs``); at the start of a run, finished
             images missing from the manifest (a run killed between image and manifest) are added back.
+
+    Subclasses change ``columns`` (the manifest's) and ``write_outputs`` (the files of one job).
     """
+
+    columns: tuple[str, ...] = MANIFEST_COLUMNS
 
     def __init__(self, output_dir: str, output_format: str = "png", jobs: Sequence[dict] = ()) -> None:
         output_format = str(output_format).lower()
@@ -175,7 +182,16 @@ class SampleWriter:
 
             self.run_uids = run_uids(self.output_dir)
         if rank_and_world()[1] == 1:
-            merge_manifests(self.output_dir, self.jobs)
+            merge_manifests(self.output_dir, self.jobs, self.columns)
+
+    def write_outputs(self, job: dict, image: torch.Tensor) -> str:
+        """Write the files of one finished ``job`` (its image (1, H, W)); return the image's file name.
+
+        The image is written last: its existence marks the job done (``existing_image``).
+        """
+        file_name = job["name"] + EXTENSIONS[self.output_format]
+        write_image(image, os.path.join(self.output_dir, file_name), self.output_format, job)
+        return file_name
 
     def __call__(self, engine) -> None:
         images = engine.state.output["pred"]
@@ -185,26 +201,24 @@ class SampleWriter:
             job = {key: values[i] for key, values in batch.items()}
             if self.run_uids is not None:
                 job["study_uid"], job["series_uid"] = self.run_uids
-            file_name = job["name"] + EXTENSIONS[self.output_format]
-            write_image(image, os.path.join(self.output_dir, file_name), self.output_format, job)
-            rows.append(manifest_row(job, file_name))
+            rows.append(manifest_row(job, self.write_outputs(job, image), self.columns))
         # Appending keeps the cost per batch constant for large runs; a line torn by a crash is dropped
         # (and rebuilt from the finished images) when the manifests are merged.
         path = self._manifest_path()
         new_file = not os.path.isfile(path) or os.path.getsize(path) == 0
         with open(path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=list(self.columns), extrasaction="ignore")
             if new_file:
                 writer.writeheader()
             writer.writerows(rows)
 
 
-def finalize_manifest(jobs: Sequence[dict], output_dir: str) -> str | None:
+def finalize_manifest(jobs: Sequence[dict], output_dir: str, columns: Sequence[str] = MANIFEST_COLUMNS) -> str | None:
     """Last step of a sampling run: once every rank is done, rank 0 writes the merged ``manifest.csv``.
 
     Every rank calls it, whether or not it had images left to generate, so the barrier cannot hang.
     """
     barrier()
     if is_main_process() and os.path.isdir(output_dir):
-        return merge_manifests(output_dir, jobs)
+        return merge_manifests(output_dir, jobs, columns)
     return None

@@ -10,9 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
+from helpers.data import write_dx
 from scripts.data.dicom import DicomError, read_radiograph
 from scripts.data.prepare import resize_image
 from scripts.data.prepare_dicom import prepare_dicom
@@ -26,30 +26,6 @@ def stored_gradient(bits: int, marker_high: bool = True) -> np.ndarray:
     values = np.linspace(0.1 * top, 0.7 * top, HEIGHT * WIDTH).reshape(HEIGHT, WIDTH)
     values[:8, :8] = top if marker_high else 0
     return values.round().astype(np.uint16)
-
-
-def write_dx(path, pixels=None, photometric="MONOCHROME2", bits=12, view="PA", modality="DX", frames=1,
-             syntax=ExplicitVRLittleEndian, **attributes) -> str:  # fmt: skip
-    """A Digital X-Ray object written with pydicom (``pixels`` None: no Pixel Data)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = generate_uid(), generate_uid(), "P1"
-    ds.Modality, ds.ViewPosition, ds.PhotometricInterpretation = modality, view, photometric
-    ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, HEIGHT, WIDTH
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    for name, value in attributes.items():
-        setattr(ds, name, value)
-    if pixels is not None:
-        ds.PixelData = np.repeat(pixels[None], frames, axis=0).astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
 
 
 def window(values: np.ndarray, center: float, width: float) -> np.ndarray:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from scripts.data.prepare import prepare
 from scripts.data.synthetic import generate
 
@@ -43,3 +45,30 @@ def make_prepared_synthetic(tmp_dir, num_subjects: int = 20, image_size: int = 6
 def load_datalist(dataset_dir) -> dict:
     """The prepared ``datalist.json`` as a dict of split name → items."""
     return json.loads((Path(dataset_dir) / "datalist.json").read_text())
+
+
+def write_dx(path, pixels=None, photometric="MONOCHROME2", bits=12, view="PA", modality="DX", frames=1,
+             syntax=None, **attributes) -> str:  # fmt: skip
+    """A Digital X-Ray object written with pydicom: ``pixels`` (H, W) stored values (None: no Pixel Data, 48 × 64)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = generate_uid(), generate_uid(), "P1"
+    ds.Modality, ds.ViewPosition, ds.PhotometricInterpretation = modality, view, photometric
+    ds.SamplesPerPixel, (ds.Rows, ds.Columns) = 1, (pixels.shape if pixels is not None else (48, 64))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    if pixels is not None:
+        ds.PixelData = np.repeat(pixels[None], frames, axis=0).astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
