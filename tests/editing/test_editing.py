@@ -321,3 +321,21 @@ def test_noise_levels_are_the_schedulers_own(name):
             t = scheduler.timesteps[index : index + 1]
             assert torch.allclose(noise_to_step(scheduler, clean, noise, index), scheduler.add_noise(clean, noise, t))
     assert noise_scales(scheduler, len(scheduler.timesteps)) == (1.0, 0.0)
+
+
+def test_two_cpu_ranks_share_an_edits_file(tiny_model_dir, tmp_path, inputs):
+    """Under torchrun each rank edits its share; one merged manifest with the editing columns; no leftovers."""
+    edits = _edits_csv(tmp_path, inputs)
+    out = tmp_path / "out"
+    files = [INFERENCE_CONFIG, TINY_OVERLAY, EDIT_CONFIG, str(CONFIGS / "multi_gpu_inference.json")]
+    overrides = tiny_run_settings(tiny_model_dir, out, edits_file=str(edits), batch_size=2)
+    result = subprocess.run(
+        bundle_run_command(files, overrides, torchrun_procs=2), cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted(p.name for p in out.glob("*.png"))
+    rows = _manifest(out)
+    assert len(images) == 4 and sorted(r["file"] for r in rows) == images
+    assert {r["difference_file"] for r in rows} == {f"difference/{name}" for name in images}
+    assert not list(out.glob("manifest.rank*.csv")) and not [p for p in out.rglob("*") if ".partial" in p.name]
