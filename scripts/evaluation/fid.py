@@ -4,7 +4,7 @@ Features are the 1024-d pooled features of ``densenet121-res224-all`` (``scripts
 protocol: ``"xrv"`` (correct, default) or ``"reference"`` (the seed paper's, to reproduce its 9.02; see
 ``scripts.evaluation.xrv``). Each set's features are cached in a ``.npz`` named after the set and a key hashing the
 file list (paths, sizes, modification times), the protocol, the role and the weights, so changing any of
-them recomputes. The distance itself is MONAI's ``FIDMetric``.
+them recomputes (``scripts.evaluation.extractors.set_features``). The distance itself is MONAI's ``FIDMetric``.
 
 With fewer images than feature dimensions (1024) the covariance estimates are singular and FID is
 biased upwards: compare only numbers computed from equal set sizes (the paper used 1,000 vs 1,000).
@@ -16,7 +16,6 @@ CLI (folders, or ``datalist.json#section`` with ``--dataset_dir``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,10 +24,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from scripts.common.files import atomic_path, atomic_write_json
-from scripts.common.progress import progress as progress_bar
-from scripts.data.images import datalist_items, folder_items, iterate_images
-from scripts.evaluation import xrv
+from scripts.common.files import atomic_write_json
+from scripts.data.images import datalist_items, folder_items
+from scripts.evaluation import extractors, xrv
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +72,6 @@ def small_set_warning(num_a: int, num_b: int, feature_dim: int = xrv.FEATURE_DIM
     return None
 
 
-def cache_key(items: Sequence[dict], protocol: str, role: str, weights_source: str) -> str:
-    """Hash of what decides a set's features: files (path, size, mtime), protocol, role and weights."""
-    digest = hashlib.sha256(json.dumps([protocol, role, weights_source], sort_keys=True).encode())
-    for item in items:
-        path = os.fspath(item["image"])
-        stat = os.stat(path)
-        digest.update(f"\n{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
 def set_features(
     model,
     items: Sequence[dict],
@@ -95,7 +83,7 @@ def set_features(
     batch_size: int = 16,
     progress: bool = False,
 ) -> np.ndarray:
-    """(N, 1024) float32 features of a set, read from / written to ``cache_dir`` when given.
+    """(N, 1024) float32 torchxrayvision features of a set, read from / written to ``cache_dir`` when given.
 
     Args:
         model: torchxrayvision DenseNet (``scripts.evaluation.xrv.load_densenet``).
@@ -103,30 +91,8 @@ def set_features(
         set_name: readable prefix of the cache file.
         protocol, role: see ``scripts.evaluation.xrv.to_network_input``.
     """
-
-    cache_path = None
-    if cache_dir:
-        source = getattr(model, "weights_source", "unknown weights")
-        if getattr(model, "random_weights", False):
-            cache_dir = None  # random networks differ between runs: never reuse their features
-        else:
-            safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in set_name)
-            cache_path = os.path.join(cache_dir, f"{safe_name}-{cache_key(items, protocol, role, source)}.npz")
-            if os.path.isfile(cache_path):
-                with np.load(cache_path) as cached:
-                    logger.info("Features of '%s' read from %s", set_name, cache_path)
-                    return cached["features"]
-    features = []
-    batches = iterate_images(items, transform, batch_size=batch_size)
-    for _, images in progress_bar(
-        batches, total=-(-len(items) // batch_size), description=f"features {set_name}", enabled=progress
-    ):
-        features.append(xrv.image_features(model, images, protocol, role).numpy())
-    features = np.concatenate(features).astype(np.float32)
-    if cache_path:
-        with atomic_path(cache_path) as temporary:
-            np.savez(temporary, features=features, files=np.array([os.fspath(i["image"]) for i in items]))
-    return features
+    extractor = extractors.XrvExtractor(model, protocol, role)
+    return extractors.set_features(extractor, items, set_name, transform, cache_dir, batch_size, progress)
 
 
 def fid_summary(features_a: np.ndarray, features_b: np.ndarray, protocol: str, weights_source: str) -> dict:

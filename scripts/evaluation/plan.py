@@ -54,7 +54,12 @@ def plan_sample_sets(
             {"prompt": text, "seed": seed + SEED_OFFSETS[REPORTS] + i, "num_samples": 1}
             for i, text in enumerate(reports)
         ]
-        sets.append({"name": REPORTS, "kind": REPORTS, "rows": rows})
+        # the test items whose reports are the prompts, in order: their labels group the per-pathology scores
+        sources = [
+            {k: item[k] for k in ("subject_id", "study_id", "dicom_id") if k in item}
+            for item in test_items[: len(reports)]
+        ]
+        sets.append({"name": REPORTS, "kind": REPORTS, "rows": rows, "source_items": sources})
     if num_per_finding > 0 and findings:
         rows = [
             {"prompt": no_finding_prompt, "seed": seed + SEED_OFFSETS[NO_FINDING], "num_samples": int(num_per_finding)}
@@ -118,9 +123,14 @@ def set_files(sample_set: dict, samples_dir: str) -> list[dict]:
 
 
 def describe_plan(
-    sets: Sequence[dict], xrv_model, real_items: Sequence[dict], reconstruction_items: Sequence[dict]
+    sets: Sequence[dict],
+    xrv_model,
+    real_items: Sequence[dict],
+    reconstruction_items: Sequence[dict],
+    extractors: dict | None = None,
 ) -> None:
-    """Log what the evaluation will generate and measure (called first, so missing weights fail before generation)."""
+    """Log what the evaluation will generate and measure (called first, so missing weights of the classifier
+    and the feature extractors fail before generation)."""
     total = sum(row["num_samples"] for s in sets for row in s["rows"])
     logger.info(
         "Evaluation plan: %d images to generate in %d sets (%s); %d real test images; %d reconstructions; classifier "
@@ -132,3 +142,5 @@ def describe_plan(
         len(reconstruction_items),
         getattr(xrv_model, "weights_source", "?"),
     )
+    for name, extractor in (extractors or {}).items():
+        logger.info("Feature extractor %s: %s (%d-d)", name, extractor.weights_source, extractor.feature_dim)

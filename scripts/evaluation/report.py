@@ -28,8 +28,109 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def write_html_report(summary: dict, grids: Sequence[tuple[str, str]], path: str) -> str:
-    """A self-contained HTML page: metric tables and one embedded sample grid per prompt set."""
+FIDELITY_COLUMNS = ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage")
+BAR_METRICS = ("precision", "recall", "density", "coverage")
+BAR_COLOURS = {"precision": "#1f77b4", "recall": "#ff7f0e", "density": "#2ca02c", "coverage": "#9467bd"}
+
+
+def _png_data(path: str) -> str:
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
+def prdc_bars(fidelity: dict, width: int = 720, bar_height: int = 12) -> str:
+    """Inline SVG: one group of horizontal bars (precision, recall, density, coverage) per set and extractor.
+
+    The axis runs from 0 to 1 (density, which can exceed 1, is drawn up to 1.5 with its value printed)."""
+    rows = [(name, values) for name, values in fidelity.items() if values.get("precision") is not None]
+    if not rows:
+        return ""
+    label_width, scale = 230, (width - 290) / 1.5
+    height = len(rows) * (len(BAR_METRICS) * bar_height + 10) + 24
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-size='11'>"]
+    one = label_width + scale
+    parts.append(f"<line x1='{one}' y1='0' x2='{one}' y2='{height - 14}' stroke='#999' stroke-dasharray='3,3'/>")
+    parts.append(f"<text x='{one - 4}' y='{height - 2}'>1</text><text x='{label_width}' y='{height - 2}'>0</text>")
+    y = 4
+    for name, values in rows:
+        parts.append(f"<text x='0' y='{y + 2 * bar_height}'>{html.escape(name)}</text>")
+        for metric in BAR_METRICS:
+            value = float(values[metric])
+            length = min(value, 1.5) * scale
+            parts.append(
+                f"<rect x='{label_width}' y='{y}' width='{length:.1f}' height='{bar_height - 2}' "
+                f"fill='{BAR_COLOURS[metric]}'><title>{metric} {value:.3f}</title></rect>"
+                f"<text x='{label_width + length + 4:.1f}' y='{y + bar_height - 3}'>{metric} {value:.3f}</text>"
+            )
+            y += bar_height
+        y += 10
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _fidelity_section(summary: dict) -> list[str]:
+    parts = []
+    fidelity = summary.get("fidelity") or {}
+    if fidelity:
+        header = "".join(f"<th>{c}</th>" for c in ("set / extractor", "generated", "real", *FIDELITY_COLUMNS))
+        body = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(name)}</td><td>{v['num_generated']}</td>"
+            f"<td>{v['num_real']}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in FIDELITY_COLUMNS) + "</tr>"
+            for name, v in fidelity.items()
+        )
+        parts.append(
+            "<h2>Fidelity and diversity per feature extractor</h2><p>FID and KID: lower is better. Precision and "
+            "density: how many generated images look like real ones; recall and coverage: how much of the real "
+            f"variety the generated images cover (PRDC).</p><table><tr>{header}</tr>{body}</table>"
+        )
+        parts.append("<h3>Precision, recall, density, coverage</h3>" + prdc_bars(fidelity))
+    rows = summary.get("per_pathology") or []
+    if rows:
+        extractors = sorted({k for row in rows for k in row if isinstance(row[k], dict)})
+        header = "<th>finding</th><th>generated</th><th>real</th>" + "".join(
+            f"<th>{html.escape(e)} {m}</th>" for e in extractors for m in ("FID", "KID", "precision", "recall")
+        )
+        body = []
+        for row in rows:
+            cells = f"<td style='text-align:left'>{html.escape(row['finding'])}</td>"
+            cells += f"<td>{row['num_generated']}</td><td>{row['num_real']}</td>"
+            if row.get("skipped"):
+                cells += f"<td colspan='{4 * len(extractors)}'>{html.escape(row['skipped'])}</td>"
+            else:
+                for e in extractors:
+                    v = row.get(e, {})
+                    cells += "".join(f"<td>{_fmt(v.get(m))}</td>" for m in ("fid", "kid_mean", "precision", "recall"))
+            body.append(f"<tr>{cells}</tr>")
+        parts.append(
+            f"<h2>Per pathology</h2><p>Groups decided by: {html.escape(rows[0].get('decided_by', ''))}.</p>"
+            f"<table><tr>{header}</tr>{''.join(body)}</table>"
+        )
+    return parts
+
+
+def _memorisation_section(summary: dict, pairs_figure: str | None) -> list[str]:
+    result = summary.get("memorisation") or {}
+    if not result:
+        return []
+    cells = ", ".join(f"{k}={_fmt(v)}" for k, v in result.items())
+    parts = [
+        "<h2>Memorisation: nearest training images</h2><p>Cosine similarity of each generated image to its "
+        "nearest training image; real test images (never trained on) give the reference. "
+        f"{cells}</p>"
+    ]
+    if pairs_figure:
+        parts.append(
+            "<p>Closest pairs (top: generated, bottom: nearest training image):</p>"
+            f"<img alt='closest generated-training pairs' src='data:image/png;base64,{_png_data(pairs_figure)}'>"
+        )
+    return parts
+
+
+def write_html_report(
+    summary: dict, grids: Sequence[tuple[str, str]], path: str, pairs_figure: str | None = None
+) -> str:
+    """A self-contained HTML page: metric tables, PRDC bars, per-pathology table, memorisation pairs and one
+    embedded sample grid per prompt set."""
     parts = [
         "<!doctype html><meta charset='utf-8'><title>cxr-ldm evaluation</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -65,10 +166,11 @@ def write_html_report(summary: dict, grids: Sequence[tuple[str, str]], path: str
             "<tr>" + "".join(f"<td>{_fmt(row[k])}</td>" for k in keys) + "</tr>" for row in summary["adherence"]
         )
         parts.append(f"<h2>Prompt adherence (torchxrayvision probabilities)</h2><table><tr>{header}</tr>{body}</table>")
+    parts.extend(_fidelity_section(summary))
+    parts.extend(_memorisation_section(summary, pairs_figure))
     parts.append("<h2>Samples</h2>")
     for title, grid in grids:
-        with open(grid, "rb") as f:
-            data = base64.b64encode(f.read()).decode()
+        data = _png_data(grid)
         parts.append(
             f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
         )

@@ -11,6 +11,7 @@ import pytest
 
 from helpers.bundle import BUNDLE_ROOT, run_inference
 from helpers.data import make_prepared_synthetic
+from helpers.evaluation import write_tiny_raddino
 
 DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 EVALUATE_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate.json")
@@ -26,7 +27,7 @@ FINDINGS = [
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    return make_prepared_synthetic(tmp_path_factory.mktemp("eval_data"), num_subjects=12, image_size=64)
+    return make_prepared_synthetic(tmp_path_factory.mktemp("eval_data"), num_subjects=30, image_size=64)
 
 
 def _labels_file(dataset_dir: Path, path: Path) -> Path:
@@ -52,10 +53,15 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     evaluation_dir = tmp_path / "evaluation"
     num_test = len(json.loads((dataset_dir / "datalist.json").read_text())["test"])
     assert num_test >= 2
-    sizes = {"num_real_images": 99, "num_report_images": 2, "num_unconditional_images": 3}
+    num_training = len(json.loads((dataset_dir / "datalist.json").read_text())["training"])
+    assert num_test >= 4
+    sizes = {"num_real_images": 99, "num_report_images": 4, "num_unconditional_images": 3}
     sizes.update(num_reconstruction_images=99, adherence_num_samples=2, batch_size=4, eval_batch_size=4)
+    sizes.update(kid_subset_size=3, kid_num_subsets=5, prdc_nearest_k=2, pathology_min_images=2, memorisation_pairs=3)
     labels_file = _labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")
+    extractors = {"raddino_source": str(write_tiny_raddino(tmp_path / "rad-dino")), "inception_weights": "random"}
     overrides = {"xrv_weights": "random", "adherence_findings": FINDINGS, "diversity_max_pairs": None, **sizes}
+    overrides.update(extractors)
     _evaluate(EVALUATE_CONFIG, tiny_model_dir, dataset_dir, evaluation_dir, evaluation_dir / "samples",
               chexpert_labels_file=str(labels_file), **overrides)  # fmt: skip
     summary = json.loads((evaluation_dir / "summary.json").read_text())
@@ -75,7 +81,34 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
         f"{kind}_vs_real_test/{protocol}" for kind in ("unconditional", "reports") for protocol in ("xrv", "reference")
     }
     reports_fid = summary["fid"]["reports_vs_real_test/xrv"]
-    assert reports_fid["num_images_a"] == 2 and reports_fid["num_images_b"] == num_test and reports_fid["fid"] > 0
+    assert reports_fid["num_images_a"] == 4 and reports_fid["num_images_b"] == num_test and reports_fid["fid"] > 0
+
+    # fidelity per extractor: FID, KID and PRDC of each generated set
+    assert set(summary["fidelity"]) == {
+        f"{kind}_vs_real_test/{name}"
+        for kind in ("unconditional", "reports")
+        for name in ("xrv", "raddino", "inception")
+    }
+    for name, values in summary["fidelity"].items():
+        assert values["fid"] >= 0 and values["kid_std"] >= 0 and values["subset_size"] == 3, name
+        assert all(0 <= values[m] <= 1 for m in ("precision", "recall", "coverage")) and values["density"] >= 0, name
+    assert summary["fidelity"]["reports_vs_real_test/xrv"]["fid"] == pytest.approx(reports_fid["fid"])
+    # per pathology: the labels file marks the first test study as an effusion, the others "No Finding"
+    by_finding = {row["finding"]: row for row in summary["per_pathology"]}
+    assert len(by_finding) == 14 and by_finding["No Finding"]["decided_by"] == "labels"
+    assert by_finding["No Finding"]["num_generated"] == 3 and by_finding["No Finding"]["num_real"] == num_test - 1
+    assert by_finding["Pleural Effusion"]["num_real"] == 1 and "skipped" in by_finding["Pleural Effusion"]
+    assert by_finding["No Finding"]["raddino"]["precision"] is not None
+    # memorisation: every generated image of the unconditional and report sets against the training images
+    memorisation = summary["memorisation"]
+    assert memorisation["extractor"] == "raddino" and memorisation["num_generated"] == 7
+    assert memorisation["num_training"] == num_training and memorisation["num_test"] == num_test
+    assert -1 <= memorisation["similarity_mean"] <= memorisation["similarity_max"] <= 1
+    with open(evaluation_dir / "memorisation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and [float(r["similarity"]) for r in rows] == sorted(
+        (float(r["similarity"]) for r in rows), reverse=True
+    )
     effusion, devices = summary["adherence"]
     assert effusion["xrv_label"] == "Effusion" and effusion["num_samples"] == 2
     assert 0 <= effusion["mean_probability"] <= 1 and effusion["auroc_generated"] is not None
@@ -85,15 +118,19 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
         and effusion["auroc_real"] is not None
     )
     assert devices["mean_probability"] is None  # no classifier output for support devices
-    # 3 unconditional + 2 report-conditioned + 2 no-finding + 2 × 2 finding images
+    # 3 unconditional + 4 report-conditioned + 2 no-finding + 2 × 2 finding images
     with open(evaluation_dir / "samples" / "manifest.csv") as f:
-        assert len(list(csv.DictReader(f))) == 11
+        assert len(list(csv.DictReader(f))) == 13
     report = (evaluation_dir / "report.html").read_text()
-    assert "Large right pleural effusion." in report and report.count("data:image/png;base64") == 6
+    assert "Large right pleural effusion." in report and report.count("data:image/png;base64") == 7
     assert "RANDOM weights" in report
+    for section in ("Fidelity and diversity per feature extractor", "<svg", "Per pathology", "Memorisation"):
+        assert section in report, section
+    assert report.count("<rect") == 4 * 6  # PRDC bars: 4 metrics × (2 sets × 3 extractors)
     assert sorted(p.name for p in (evaluation_dir / "grids").iterdir()) == sorted(
-        ["unconditional.png", "reports.png", "no_finding.png", "finding_00.png", "finding_01.png", "real_test.png"]
-    )
+        ["unconditional.png", "reports.png", "no_finding.png", "finding_00.png", "finding_01.png", "real_test.png",
+         "memorisation_pairs.png"]
+    )  # fmt: skip
 
 
 def test_reconstruction_only_config_skips_the_diffusion_model(tiny_model_dir, dataset_dir, tmp_path):

@@ -53,3 +53,19 @@ class InputRecorder:
 
     def close(self) -> None:
         self.handle.remove()
+
+
+def write_tiny_raddino(folder: Path, seed: int = 0) -> Path:
+    """A RAD-DINO-shaped folder (a 2-layer DINOv2 and a BitImageProcessor at 56 px) with random weights, saved
+    the way ``microsoft/rad-dino`` is, so the local-folder loading path runs offline and fast."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from scripts.evaluation.extractors import RADDINO_PROCESSOR
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          patch_size=14, image_size=56)  # fmt: skip
+    Dinov2Model(config).save_pretrained(folder)
+    processor = {**RADDINO_PROCESSOR, "size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}
+    BitImageProcessor(**processor).save_pretrained(folder)
+    return Path(folder)
