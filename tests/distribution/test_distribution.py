@@ -110,10 +110,11 @@ def test_download_rejects_bad_hash_and_explains_manual_placement(http_root, tmp_
 
 def test_text_encoder_target_converts_openclip_checkpoint(http_root, tmp_path):
     from safetensors.torch import save_file
-    from test_text import _openclip_state_dict
+
+    from helpers.networks import openclip_state_dict
 
     root, base, _ = http_root
-    save_file(_openclip_state_dict(width=64, layers=2), str(root / "open_clip_model.safetensors"))
+    save_file(openclip_state_dict(width=64, layers=2), str(root / "open_clip_model.safetensors"))
     entry = {
         "path": "models/openclip.safetensors",
         "url": f"{base}/open_clip_model.safetensors",

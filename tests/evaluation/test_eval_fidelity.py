@@ -149,3 +149,23 @@ def test_memorisation_finds_a_copied_training_image(tmp_path):
     assert summary["test_similarity_max"] < 1.0 and summary["num_generated"] == 5
     indices, similarities = memorisation.nearest_neighbours(training[:3], training)
     assert indices.tolist() == [0, 1, 2] and np.allclose(similarities, 1.0)
+
+
+def test_fidelity_cli_compares_two_folders_per_extractor(tmp_path):
+    from helpers.evaluation import write_png_folder
+    from scripts.evaluation.compare import main
+
+    same = write_png_folder(tmp_path / "a", smooth_images(8, seed=1))
+    other = write_png_folder(tmp_path / "b", smooth_images(8, seed=2))
+    options = {"extractors": "xrv,inception", "xrv_weights": "random", "inception_weights": "random"}
+    options.update(prdc_nearest_k=3, kid_subset_size=8, kid_num_subsets=1)
+    torch.manual_seed(0)  # the same random weights in both calls
+    identical = main(str(same), str(same), output_json=str(tmp_path / "out.json"), **options)["extractors"]
+    torch.manual_seed(0)
+    different = main(str(same), str(other), **options)["extractors"]
+    assert set(identical) == set(different) == {"xrv", "inception"} and (tmp_path / "out.json").is_file()
+    for name, scores in identical.items():
+        # random networks give features of 1e4..1e8: FID is exact to float rounding of that scale
+        assert scores["fid"] < 1e-6 * different[name]["fid"], name
+        assert (scores["precision"], scores["recall"], scores["coverage"]) == (1.0, 1.0, 1.0), name
+        assert different[name]["kid_mean"] > scores["kid_mean"], name

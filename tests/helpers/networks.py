@@ -59,3 +59,37 @@ def fill_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0
             if parameter.dim() > 1 and not parameter.any():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return module
+
+
+def openclip_state_dict(width=128, layers=3, vocab=49408, context=77, seed=0):
+    """A random OpenCLIP ``CLIP`` text-tower state dict (heads of 64 channels, as OpenCLIP; plus a visual key)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    state = {
+        "token_embedding.weight": r(vocab, width),
+        "positional_embedding": r(context, width),
+        "ln_final.weight": 1 + r(width),
+        "ln_final.bias": r(width),
+        "text_projection": r(width, width),
+        "logit_scale": torch.tensor(4.6),
+        "visual.proj": r(4, 4),
+    }
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}."
+        state.update(
+            {
+                p + "ln_1.weight": 1 + r(width),
+                p + "ln_1.bias": r(width),
+                p + "attn.in_proj_weight": r(3 * width, width),
+                p + "attn.in_proj_bias": r(3 * width),
+                p + "attn.out_proj.weight": r(width, width),
+                p + "attn.out_proj.bias": r(width),
+                p + "ln_2.weight": 1 + r(width),
+                p + "ln_2.bias": r(width),
+                p + "mlp.c_fc.weight": r(4 * width, width),
+                p + "mlp.c_fc.bias": r(4 * width),
+                p + "mlp.c_proj.weight": r(width, 4 * width),
+                p + "mlp.c_proj.bias": r(width),
+            }
+        )
+    return state

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from helpers.bundle import TOKENIZER_DIR
-from helpers.networks import make_tiny_text_encoder
+from helpers.networks import make_tiny_text_encoder, openclip_state_dict
 from scripts.networks import text
 
 
@@ -45,40 +45,6 @@ def test_missing_tokenizer_files_are_named(tmp_path):
     assert len(text.load_tokenizer(TOKENIZER_DIR)) == 49408
 
 
-def _openclip_state_dict(width=128, layers=3, vocab=49408, context=77, seed=0):
-    """A random OpenCLIP ``CLIP`` text-tower state dict (heads of 64 channels, as OpenCLIP; plus a visual key)."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
-    state = {
-        "token_embedding.weight": r(vocab, width),
-        "positional_embedding": r(context, width),
-        "ln_final.weight": 1 + r(width),
-        "ln_final.bias": r(width),
-        "text_projection": r(width, width),
-        "logit_scale": torch.tensor(4.6),
-        "visual.proj": r(4, 4),
-    }
-    for i in range(layers):
-        p = f"transformer.resblocks.{i}."
-        state.update(
-            {
-                p + "ln_1.weight": 1 + r(width),
-                p + "ln_1.bias": r(width),
-                p + "attn.in_proj_weight": r(3 * width, width),
-                p + "attn.in_proj_bias": r(3 * width),
-                p + "attn.out_proj.weight": r(width, width),
-                p + "attn.out_proj.bias": r(width),
-                p + "ln_2.weight": 1 + r(width),
-                p + "ln_2.bias": r(width),
-                p + "mlp.c_fc.weight": r(4 * width, width),
-                p + "mlp.c_fc.bias": r(4 * width),
-                p + "mlp.c_proj.weight": r(width, 4 * width),
-                p + "mlp.c_proj.bias": r(width),
-            }
-        )
-    return state
-
-
 def _openclip_penultimate(state, ids, heads=2):
     """Independent reference: OpenCLIP's text transformer run to its penultimate block, then ln_final."""
     x = state["token_embedding.weight"][ids] + state["positional_embedding"]
@@ -105,7 +71,7 @@ def _openclip_penultimate(state, ids, heads=2):
 
 
 def test_openclip_conversion_matches_penultimate_layer_plus_final_norm(tokenizer, tmp_path):
-    state = _openclip_state_dict()
+    state = openclip_state_dict()
     ids = text.tokenize(tokenizer, ["Right pleural effusion.", ""])
     expected = _openclip_penultimate(state, ids)
     model = text.convert_openclip_text_tower(state)
