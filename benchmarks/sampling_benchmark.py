@@ -269,8 +269,9 @@ def unet_flops(unet, parser, device: torch.device, batch_size: int = 1) -> float
 def sampler_spec(name: str) -> tuple[str, int, dict]:
     """``"scheduler-steps[@option...]"`` -> (scheduler name, steps, settings).
 
-    Options: ``bf16`` (bfloat16 autocast), ``cache<N>`` (feature reuse every N steps), ``interval<low>:<high>``
-    (guidance only at timesteps in [low, high]); e.g. ``"unipc_karras-20@bf16@cache2"``.
+    Options: ``bf16`` (bfloat16 autocast), ``compile`` (``torch.compile`` of the UNet), ``cache<N>`` (feature
+    reuse every N steps), ``interval<low>:<high>`` (guidance only at timesteps in [low, high]); e.g.
+    ``"unipc_karras-20@bf16@cache2"``.
     """
     base, *options = name.split("@")
     scheduler_name, steps = base.rsplit("-", 1)
@@ -278,6 +279,8 @@ def sampler_spec(name: str) -> tuple[str, int, dict]:
     for option in options:
         if option == "bf16":
             settings["autocast_dtype"] = "bfloat16"
+        elif option == "compile":
+            settings["compile"] = True
         elif option.startswith("cache"):
             settings["cache_interval"] = int(option[len("cache") :])
         elif option.startswith("interval"):
@@ -285,7 +288,7 @@ def sampler_spec(name: str) -> tuple[str, int, dict]:
             settings["guidance_interval"] = [int(low), int(high)]
         else:
             raise ValueError(
-                f"Unknown sampler option {option!r} in {name!r}: use bf16, cache<N> or interval<low>:<high>."
+                f"Unknown sampler option {option!r} in {name!r}: use bf16, compile, cache<N> or interval<low>:<high>."
             )
     return scheduler_name, int(steps), settings
 

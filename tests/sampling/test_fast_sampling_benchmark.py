@@ -74,5 +74,6 @@ def test_parity_sampler_specs_carry_their_settings():
         20,
         {"autocast_dtype": "bfloat16", "cache_interval": 2, "guidance_interval": [100, 700]},
     )
+    assert sampler_spec("unipc_karras-18@bf16@compile")[2] == {"autocast_dtype": "bfloat16", "compile": True}
     with pytest.raises(ValueError, match="Unknown sampler option 'fast'"):
         sampler_spec("ddim-50@fast")
