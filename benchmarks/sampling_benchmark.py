@@ -365,12 +365,12 @@ def parity(
         baseline = table.get("ddim-50")
         fewest[reference] = {}
         for name in samplers:
-            scheduler_name, steps, options = sampler_spec(name)
-            if options:
-                continue  # the fewest-steps search compares plain float32 samplers
+            scheduler_name, steps, _ = sampler_spec(name)
+            # one search per scheduler and set of options: "unipc_karras", "unipc_karras@bf16", ...
+            key = "@".join([scheduler_name, *name.split("@")[1:]])
             if baseline and scheduler_name != "ddim" and all(table[name][k] <= baseline[k] for k in baseline):
-                previous = fewest[reference].get(scheduler_name)
-                fewest[reference][scheduler_name] = int(steps) if previous is None else min(previous, int(steps))
+                previous = fewest[reference].get(key)
+                fewest[reference][key] = int(steps) if previous is None else min(previous, int(steps))
     return {
         "model": str(model_dir),
         "model_info": {k: v for k, v in info.items() if k != "prompts"},

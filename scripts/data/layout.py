@@ -6,6 +6,24 @@ is ``s<study_id>.txt`` in its subject's folder.
 
 from __future__ import annotations
 
+#: the 14 CheXpert findings of ``mimic-cxr-2.0.0-chexpert.csv``, in its column order
+CHEXPERT_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+
 
 def subject_folder(subject_id: int | str) -> str:
     """``p<first two digits>/p<subject_id>``, relative to the ``files`` folder."""

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from scripts.common.files import atomic_path
-from scripts.data.layout import subject_folder
+from scripts.data.layout import CHEXPERT_LABELS, subject_folder
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
@@ -56,22 +56,6 @@ METADATA_COLUMNS = [
     "ProcedureCodeSequence_CodeMeaning",
     "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
-]
-CHEXPERT_LABELS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
 ]
 DRAW_WIDTH = 320
 VIEW_MEANINGS = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}

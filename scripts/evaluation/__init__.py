@@ -1,1 +1,2 @@
-"""Evaluation: sample-set plan, metrics (MS-SSIM, diversity, FID, adherence), the report, and the workflow."""
+"""Evaluation: sample-set plan, metrics (MS-SSIM, diversity, FID, KID, PRDC, adherence), feature extractors,
+per-pathology groups, the memorisation check, benchmark sets, the report, and the workflow."""

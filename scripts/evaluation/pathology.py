@@ -21,25 +21,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from scripts.data.layout import CHEXPERT_LABELS
+
 NO_FINDING = "No Finding"
 SUPPORT_DEVICES = "Support Devices"
-#: CheXpert findings in the order CheXGenBench reports them
-FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    NO_FINDING,
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    SUPPORT_DEVICES,
-)
+#: CheXpert findings, in the order of the label files (and of CheXGenBench's per-pathology tables)
+FINDINGS = CHEXPERT_LABELS
 #: finding -> regular expressions (case-insensitive) of a sentence that names it
 KEYWORD_RULES = {
     "Atelectasis": [r"atelecta"],
