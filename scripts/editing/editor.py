@@ -116,7 +116,7 @@ class TextGuidedEditor(GuidedLatentSampler):
         """Edited images (B, 1, H, W) in [0, 1].
 
         Args:
-            inputs: a batch of edit jobs (``scripts.editing.jobs.collate_edit_jobs``): lists ``prompt``,
+            inputs: a batch of edit jobs (``scripts.sampling.jobs.collate_jobs``): lists ``prompt``,
                 ``negative_prompt``, ``seed``, ``denoising_steps``, and tensors (B, 1, H, W) ``input_image``
                 in [0, 1], ``edit_region`` and ``keep_region`` of 0/1.
             network: the diffusion UNet.

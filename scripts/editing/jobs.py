@@ -170,13 +170,3 @@ def edit_jobs(
                 }
             )
     return jobs
-
-
-def collate_edit_jobs(jobs: list[dict]) -> dict:
-    """Batch of edit jobs: tensors stacked to (B, 1, H, W), every other value a list."""
-    import torch
-
-    return {
-        key: torch.stack([job[key] for job in jobs]) if torch.is_tensor(jobs[0][key]) else [job[key] for job in jobs]
-        for key in jobs[0]
-    }

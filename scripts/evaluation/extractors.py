@@ -122,7 +122,10 @@ class XrvExtractor(FeatureExtractor):
         self.protocol, self.role = xrv.get_protocol(protocol).name, role
 
     def identity(self) -> str:
-        return f"{self.name}|{self.protocol}|{self.role}|{self.weights_source}"
+        # the role changes the input only under protocols without torchxrayvision's scaling ("reference"), so
+        # real and generated sets share cache entries under "xrv" (the FID and fidelity sections reuse them)
+        role = self.role if not xrv.get_protocol(self.protocol).xrv_scaling else "any"
+        return f"{self.name}|{self.protocol}|{role}|{self.weights_source}"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return xrv.image_features(self.network, images, self.protocol, self.role)

@@ -199,8 +199,14 @@ def pending_jobs(
 
 
 def collate_jobs(jobs: Sequence[dict]) -> dict:
-    """Batch of jobs: a dict of lists (strings stay strings, seeds stay ints)."""
-    return {key: [job[key] for job in jobs] for key in jobs[0]}
+    """Batch of jobs: a dict of lists (strings stay strings, seeds stay ints); tensors (editing's input images
+    and masks, each (1, H, W)) are stacked to (B, 1, H, W)."""
+    import torch
+
+    return {
+        key: torch.stack([job[key] for job in jobs]) if torch.is_tensor(jobs[0][key]) else [job[key] for job in jobs]
+        for key in jobs[0]
+    }
 
 
 def prepare_job_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
