@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from scripts.networks.precision import resolve_precision
+from scripts.networks.compilation import resolve_compile
+from scripts.networks.precision import bf16_native, resolve_precision
 from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 PROMPT = "Big right-sided pleural effusion"
@@ -49,6 +50,9 @@ REFERENCE = {
     "use_flash_attention": False,
     "compile": False,
 }
+#: The lever rows' guidance interval (training timesteps) and feature-reuse interval.
+LEVER_GUIDANCE_INTERVAL = (200, 800)
+LEVER_CACHE_INTERVAL = 2
 SWITCHES = (
     "scheduler_name",
     "num_inference_steps",
@@ -98,9 +102,16 @@ class PeakMemory:
             self._thread.join()
 
 
-def _timed(function, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median seconds of ``repeats`` calls of ``function`` after one warm-up call, and its last result."""
+def _timed(function, device: torch.device, repeats: int) -> tuple[float, object, float]:
+    """Median seconds of ``repeats`` calls of ``function`` after one warm-up call, its last result, and the
+    seconds of the warm-up call (which includes compiling, when the function compiles)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first_s = time.perf_counter() - start
     seconds = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -110,14 +121,38 @@ def _timed(function, device: torch.device, repeats: int) -> tuple[float, object]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+    return statistics.median(seconds), result, first_s
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    processor = platform.processor() or platform.machine()
-    return f"CPU {processor}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    amx = "AMX bf16" if bf16_native("cpu") else "no AMX bf16"
+    return f"CPU {cpu_model()} ({amx}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def capabilities(device: torch.device) -> dict:
+    """What decides the default's speed here: the processor, native bf16 (AMX on a CPU), threads, torch."""
+    return {
+        "device": device_name(device),
+        "cpu_model": cpu_model(),
+        "native_bf16": bf16_native(device),
+        "amx_bf16": bf16_native("cpu"),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def build_networks(parser, device: torch.device, seed: int = 0):
@@ -226,14 +261,14 @@ def time_recipe(
     with torch.inference_mode(), PeakMemory(device) as memory:
         uncond_cached = encode([""] * batch_size)
         # The reference encodes the prompt and the null prompt for every image; ours caches the null one.
-        text_s, context = _timed(
+        text_s, context, _ = _timed(
             lambda: encode(prompts) if cache_null else (encode(prompts), encode([""] * batch_size))[0], device, repeats
         )
         start = initial_latents(seeds, sampler.latent_shape).to(device)
-        loop_s, latents = _timed(
+        loop_s, latents, first_loop_s = _timed(
             lambda: sampler.denoise(unet, start, context, uncond_cached, seeds=seeds), device, repeats
         )
-        decode_s, _ = _timed(lambda: sampler.decode(latents), device, repeats)
+        decode_s, _, _ = _timed(lambda: sampler.decode(latents), device, repeats)
     step_s = loop_s / run_steps
     total_s = text_s + steps * step_s + decode_s
     return {
@@ -245,6 +280,8 @@ def time_recipe(
         "step_s": step_s,
         "decode_s": decode_s,
         "per_batch_s": total_s,
+        # the warm-up run's extra time: compiling (per process, once per batch shape) when compiled
+        "compile_s": max(0.0, first_loop_s - loop_s) if settings.get("compile") else 0.0,
         "per_image_s": total_s / batch_size,
         "images_per_s": batch_size / total_s,
         "peak_memory_gib": memory.peak / 2**30,
@@ -293,6 +330,16 @@ def sampler_spec(name: str) -> tuple[str, int, dict]:
     return scheduler_name, int(steps), settings
 
 
+def _parity_recipe(entry) -> tuple[str, dict]:
+    """(label, full sampler settings) of a parity entry: a ``sampler_spec`` string or a (label, settings) pair."""
+    if isinstance(entry, str):
+        scheduler_name, steps, options = sampler_spec(entry)
+        settings = {**REFERENCE, "scheduler_name": scheduler_name, "num_inference_steps": steps}
+        return entry, {**settings, "batched_guidance": True, **options}
+    label, settings = entry
+    return str(label), {**REFERENCE, **settings}
+
+
 def parity(
     model_dir: str,
     config_file,
@@ -304,11 +351,13 @@ def parity(
     xrv_weights: str | None,
     device: torch.device,
 ) -> dict:
-    """Distances of each sampler ("name-steps", e.g. "dpmpp_2m_karras-15") to each reference, same noise and text.
+    """Distances of each sampler to each reference on the parity model, from the same noise and text.
 
-    The first reference is the published evaluation's sampler (DDIM-200); a long DDIM run (e.g. DDIM-1000)
-    approximates the exact probability-flow ODE solution, which DDIM-50 and DDIM-200 share a first-order bias
-    towards.
+    ``samplers`` and ``references`` hold ``sampler_spec`` strings ("dpmpp_2m_karras-15", "unipc_karras-20@bf16")
+    or (label, settings) pairs whose settings name the scheduler, the step count and the speed switches (the
+    benchmark's recipes). The first reference is the published evaluation's sampler (DDIM-200); a long DDIM
+    run (e.g. DDIM-1000) approximates the exact probability-flow ODE solution, which DDIM-50 and DDIM-200
+    share a first-order bias towards.
     """
     from benchmarks.parity_model import synthetic_set
     from scripts.evaluation import xrv
@@ -330,12 +379,15 @@ def parity(
     _, prompts = synthetic_set(num_images, int(parser["image_size"]), seed=seed + 1000)  # prompts not used in training
     seeds = [seed + i for i in range(num_images)]
     densenet = xrv.load_densenet(xrv_weights, device=device)
+    reference_labels = [_parity_recipe(entry)[0] for entry in references]
+    sampler_labels = [_parity_recipe(entry)[0] for entry in samplers]
     results = {}
     with torch.inference_mode():
-        for name in [*references, *samplers]:
-            scheduler_name, steps, options = sampler_spec(name)
-            settings = {**REFERENCE, "scheduler_name": scheduler_name, "batched_guidance": True, **options}
-            sampler = make_sampler(parser, networks, settings, steps)
+        for entry in [*references, *samplers]:
+            label, settings = _parity_recipe(entry)
+            if label in results:
+                continue
+            sampler = make_sampler(parser, networks, settings, int(settings["num_inference_steps"]))
             context, uncond = (
                 sampler.encode_prompts(prompts).to(device),
                 sampler.encode_prompts([""] * num_images).to(device),
@@ -348,12 +400,12 @@ def parity(
                 seeds=seeds,
             )
             images = sampler.decode(latents)
-            results[name] = (latents.float(), images, xrv.image_features(densenet, images))
+            results[label] = (latents.float(), images, xrv.image_features(densenet, images))
     tables, fewest = {}, {}
-    for reference in references:
+    for reference in reference_labels:
         ref_latents, ref_images, ref_features = results[reference]
         table = tables[reference] = {}
-        for name in [r for r in references if r != reference] + list(samplers):
+        for name in [r for r in reference_labels if r != reference] + sampler_labels:
             latents, images, features = results[name]
             table[name] = {
                 "latent_rmse": float(((latents - ref_latents) ** 2).mean().sqrt()),
@@ -364,7 +416,7 @@ def parity(
             }
         baseline = table.get("ddim-50")
         fewest[reference] = {}
-        for name in samplers:
+        for name in [entry for entry in samplers if isinstance(entry, str)]:
             scheduler_name, steps, _ = sampler_spec(name)
             # one search per scheduler and set of options: "unipc_karras", "unipc_karras@bf16", ...
             key = "@".join([scheduler_name, *name.split("@")[1:]])
@@ -381,6 +433,38 @@ def parity(
     }
 
 
+def recipe_label(settings: dict) -> str:
+    """What a recipe runs, e.g. "unipc_karras-20 batched bf16 ch-last compile"."""
+    dtype = settings["autocast_dtype"]
+    return (
+        f"{settings['scheduler_name']}-{settings['num_inference_steps']} "
+        f"{'batched' if settings['batched_guidance'] else 'separate'} "
+        f"{'fp32' if dtype in (None, 'float32') else {'bfloat16': 'bf16', 'float16': 'fp16'}.get(dtype, dtype)}"
+        f"{' ch-last' if settings['channels_last'] else ''}{' sdpa' if settings['use_flash_attention'] else ''}"
+        f"{' compile' if settings['compile'] else ''}"
+        f"{' cache' + str(settings['cache_interval']) if settings.get('cache_interval', 1) > 1 else ''}"
+        f"{' interval' + str(list(settings['guidance_interval'])) if settings.get('guidance_interval') else ''}"
+    )
+
+
+def lever_recipes(default: dict) -> list[tuple[str, dict]]:
+    """Each speed lever alone: (lever, settings) on the eager base (the default with compile off).
+
+    The base is the default's scheduler, steps, batching and precision; each row changes one thing: compile
+    on or off (whichever the default is not), the other precision, guidance only at t in
+    ``LEVER_GUIDANCE_INTERVAL``, deep features reused every ``LEVER_CACHE_INTERVAL`` steps.
+    """
+    base = {**default, "compile": False}
+    other_precision = "float32" if base["autocast_dtype"] == "bfloat16" else "bfloat16"
+    rows = [
+        ("eager (compile off)" if default["compile"] else "compile", {**base, "compile": not default["compile"]}),
+        (f"precision {other_precision}", {**base, "autocast_dtype": other_precision}),
+        ("guidance interval", {**base, "guidance_interval": list(LEVER_GUIDANCE_INTERVAL)}),
+        ("feature reuse", {**base, "cache_interval": LEVER_CACHE_INTERVAL}),
+    ]
+    return rows
+
+
 def print_tables(report: dict) -> None:
     print(f"device: {report['device']}")
     if "timing" in report:
@@ -389,24 +473,37 @@ def print_tables(report: dict) -> None:
             f"weights: {t['weights']}; per image = text + steps x step + decode (median of {t['repeats']}, "
             f"step timed over {t['timed_steps'] or 'all'} steps)"
         )
-        columns = (("batch", 6), ("steps", 6), ("text s", 9), ("step s", 9), ("decode s", 10), ("s/image", 10))
-        columns += (("img/s", 9), ("peak GiB", 10), ("speed-up", 10))
-        header = f"{'recipe':<44}" + "".join(f"{name:>{width}}" for name, width in columns)
-        print(header)
+        distances = report.get("parity", {}).get("distances", {})
+        reference_label = next(iter(distances), None)
+        columns = (("batch", 6), ("text s", 8), ("step s", 8), ("decode s", 9), ("s/image", 9), ("img/s", 8))
+        columns += (("peak GiB", 9), ("speed-up", 9), ("compile s", 10))
+        if reference_label:
+            columns += (("latent", 8), ("pixel", 8), ("feature", 8), ("parity", 7))
+        print(f"{'recipe':<66}" + "".join(f"{name:>{width}}" for name, width in columns))
         for row in t["rows"]:
-            s = row["settings"]
-            label = (
-                f"{s['scheduler_name']} {'batched' if s['batched_guidance'] else 'separate'} "
-                f"{'fp32' if s['autocast_dtype'] in (None, 'float32') else s['autocast_dtype']}"
-                f"{' ch-last' if s['channels_last'] else ''}{' sdpa' if s['use_flash_attention'] else ''}"
-                f"{' compile' if s['compile'] else ''}"
-                f"{' cache' + str(s['cache_interval']) if s.get('cache_interval', 1) > 1 else ''}"
-                f"{' interval' + str(list(s['guidance_interval'])) if s.get('guidance_interval') else ''}"
+            label = f"{row['lever']}: {recipe_label(row['settings'])}"[:65]
+            line = (
+                f"{label:<66}{row['batch_size']:>6}{row['text_s']:>8.2f}{row['step_s']:>8.2f}{row['decode_s']:>9.2f}"
+                f"{row['per_image_s']:>9.2f}{row['images_per_s']:>8.3f}{row['peak_memory_gib']:>9.2f}"
+                f"{row['speed_up']:>8.1f}x{row['compile_s']:>10.1f}"
             )
-            label = ("reference: " if row["recipe"] == "reference" else "ours: ") + label
+            if reference_label:
+                d = row.get("parity")
+                if d:
+                    line += f"{d['latent_rmse']:>8.4f}{d['pixel_rmse']:>8.4f}{d['feature_distance']:>8.4f}"
+                    line += f"{'yes' if row['at_parity'] else 'no':>7}"
+            print(line)
+        summary = t.get("default")
+        if summary:
             print(
-                f"{label:<44}{row['batch_size']:>6}{row['steps']:>6}{row['text_s']:>9.2f}{row['step_s']:>9.2f}{row['decode_s']:>10.2f}"
-                f"{row['per_image_s']:>10.1f}{row['images_per_s']:>9.3f}{row['peak_memory_gib']:>10.2f}{row['speed_up']:>9.1f}x"
+                f"default for a {summary['run_images']}-image run: {summary['per_image_s']:.2f} s/image "
+                f"(compile {summary['compile_s']:.0f} s spread over the run), "
+                f"{summary['speed_up']:.1f}x the reference"
+                + (
+                    f"; compiling pays after {summary['compile_pays_after_images']:.0f} images"
+                    if summary.get("compile_pays_after_images")
+                    else ""
+                )
             )
         if t.get("bound_images_per_s"):
             print(
@@ -420,10 +517,10 @@ def print_tables(report: dict) -> None:
             f"{p['feature_network']})"
         )
         for reference, table in p["distances"].items():
-            print(f"distance to {reference:<12}{'latent RMSE':>13}{'pixel RMSE':>12}{'feature dist':>14}")
+            print(f"distance to {reference:<52}{'latent RMSE':>13}{'pixel RMSE':>12}{'feature dist':>14}")
             for name, row in table.items():
                 print(
-                    f"  {name:<22}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}"
+                    f"  {name:<62}{row['latent_rmse']:>13.4f}{row['pixel_rmse']:>12.4f}{row['feature_distance']:>14.4f}"
                 )
             print(
                 f"  fewest steps as close to {reference} as DDIM-50 on all three: "
@@ -439,54 +536,61 @@ def main(
     full_steps: bool = False,
     repeats: int = 3,
     timing: bool = True,
+    levers: bool = True,
+    run_images: int = 100,
     peak_tflops: float | None = None,
     parity_model_dir: str | None = None,
-    parity_samplers=(
-        "ddim-50",
-        "dpmpp_2m-10",
-        "dpmpp_2m-15",
-        "dpmpp_2m-20",
-        "dpmpp_2m_karras-10",
-        "dpmpp_2m_karras-15",
-        "dpmpp_2m_karras-20",
-        "dpmpp_2m_karras-25",
-        "dpmpp_2m_karras-30",
-    ),
-    parity_references=("ddim-200", "ddim-1000"),
-    parity_images: int = 8,
+    parity_samplers=(),
+    parity_references=("ddim-200",),
+    parity_images: int = 16,
     xrv_weights: str | None = None,
     seed: int = 0,
     output_json: str = "sampling_benchmark.json",
     **overrides,
 ) -> dict:
-    """Time the reference recipe and ours on the same weights and seeds; optionally measure parity.
+    """Time the reference recipe, the default and each speed lever alone on the same weights and seeds, and
+    (with ``parity_model_dir``) measure how close each one's images are to DDIM-200's.
 
     Args:
         config_file: inference config (or list of configs merged left to right); ``**overrides`` set its keys,
-            e.g. ``--num_inference_steps 10 --channels_last True`` for "ours".
+            e.g. ``--num_inference_steps 10 --channels_last True`` for the default.
         device: "cpu", "cuda", "cuda:1"; default: the config's device.
-        batch_sizes: images per sampler call for ours (the reference is always one image at a time).
+        batch_sizes: images per sampler call for the default (the reference and the levers: one at a time).
         timed_steps: denoising steps actually timed per run (per-step time × steps); ignored with ``full_steps``.
         repeats: timed runs per part (median reported), after one warm-up run.
         timing: run the timing part.
+        levers: also time each speed lever alone (``lever_recipes``).
+        run_images: the size of the run the default is resolved for (``compile: auto`` compiles for runs of
+            ``compile_min_images`` or more) and over which the compile time is spread.
         peak_tflops: the device's peak dense TFLOP/s in the dtype used, to print the compute bound in images/s.
-        parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part.
-        parity_samplers: "scheduler_name-steps[@option...]" entries compared with each reference
-            (options: ``sampler_spec``).
-        parity_references: DDIM-200 (the published evaluation's sampler), and a long DDIM run approximating
-            the exact ODE solution.
+        parity_model_dir: folder written by ``benchmarks.parity_model``; enables the parity part, for DDIM-50,
+            every timed recipe and ``parity_samplers``.
+        parity_samplers: more "scheduler_name-steps[@option...]" entries to compare (options: ``sampler_spec``).
+        parity_references: DDIM-200 (the published evaluation's sampler; the "parity" column compares with it),
+            and optionally a long DDIM run approximating the exact ODE solution ("ddim-1000").
         parity_images: images (prompts × seeds) in the parity comparison.
         xrv_weights: torchxrayvision DenseNet weights file for the feature distance (random weights without).
         output_json: where the report goes.
     """
     parser = load_parser(config_file, overrides)
     device = torch.device(device) if device else parser.get_parsed_content("device")
-    report = {"device": device_name(device), "torch": torch.__version__, "command_overrides": overrides}
+    report = {
+        "device": device_name(device),
+        "capabilities": capabilities(device),
+        "torch": torch.__version__,
+        "command_overrides": overrides,
+    }
+    default = {key: parser[key] for key in SWITCHES}
+    default["autocast_dtype"] = resolve_precision(default["autocast_dtype"], device)  # "auto" -> this machine's
+    default["compile"] = resolve_compile(
+        default["compile"], device, default["autocast_dtype"], run_images, parser["compile_min_images"]
+    )
+    recipes = [("default", default, list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes])]
+    if levers:
+        recipes += [(lever, settings, [1]) for lever, settings in lever_recipes(default)]
     if timing:
         networks, sources = build_networks(parser, device, seed)
-        ours = {key: parser[key] for key in SWITCHES}
-        ours["autocast_dtype"] = resolve_precision(ours["autocast_dtype"], device)  # "auto" -> this machine's
-        if ours["use_flash_attention"] != REFERENCE["use_flash_attention"]:
+        if default["use_flash_attention"] != REFERENCE["use_flash_attention"]:
             reference_parser = load_parser(config_file, {**overrides, "use_flash_attention": False})
             reference_unet = reference_parser.get_parsed_content("network_def").to(device).eval()
             reference_unet.load_state_dict(networks["network"].state_dict())
@@ -496,31 +600,37 @@ def main(
         rows = [
             {
                 "recipe": "reference",
+                "lever": "reference",
                 **time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False),
             }
         ]
-        for batch_size in batch_sizes if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]:
-            rows.append(
-                {
-                    "recipe": "ours",
-                    **time_recipe(
-                        parser,
-                        networks,
-                        networks["network"],
-                        ours,
-                        int(batch_size),
-                        steps,
-                        repeats,
-                        device,
-                        cache_null=True,
-                    ),
-                }
-            )
+        for lever, settings, sizes in recipes:
+            for batch_size in sizes:
+                row = time_recipe(
+                    parser, networks, networks["network"], settings, int(batch_size), steps, repeats, device, True
+                )
+                rows.append({"recipe": "ours", "lever": lever, **row})
         for row in rows:
             row["speed_up"] = rows[0]["per_image_s"] / row["per_image_s"]
         report["timing"] = {"weights": sources, "repeats": repeats, "timed_steps": steps, "rows": rows}
+        ours = rows[1]
+        summary = {
+            "run_images": int(run_images),
+            "compile_s": ours["compile_s"],
+            "per_image_s": ours["per_image_s"] + ours["compile_s"] / int(run_images),
+        }
+        summary["speed_up"] = rows[0]["per_image_s"] / summary["per_image_s"]
+        eager = next((r for r in rows[2:] if r["settings"]["compile"] != ours["settings"]["compile"]), None)
+        if eager is not None:
+            compiled, uncompiled = (ours, eager) if ours["settings"]["compile"] else (eager, ours)
+            gain = uncompiled["per_image_s"] - compiled["per_image_s"]
+            summary["compile_gain_s_per_image"] = gain
+            summary["compile_pays_after_images"] = compiled["compile_s"] / gain if gain > 0 else None
+        report["timing"]["default"] = summary
         if peak_tflops:
-            per_image = int(ours["num_inference_steps"]) * unet_flops(networks["network"], parser, device, batch_size=2)
+            per_image = int(default["num_inference_steps"]) * unet_flops(
+                networks["network"], parser, device, batch_size=2
+            )
             report["timing"].update(
                 {
                     "peak_tflops": peak_tflops,
@@ -529,17 +639,24 @@ def main(
                 }
             )
     if parity_model_dir:
+        recipe_entries = [(recipe_label(settings), settings) for _, settings, _ in recipes]
         report["parity"] = parity(
             parity_model_dir,
             config_file,
             overrides,
-            list(parity_samplers),
+            ["ddim-50", *recipe_entries, *list(parity_samplers)],
             list(parity_references),
             parity_images,
             seed,
             xrv_weights,
             device,
         )
+        table = next(iter(report["parity"]["distances"].values()))
+        yardstick = table["ddim-50"]
+        for row in report.get("timing", {}).get("rows", []):
+            label = "ddim-50" if row["recipe"] == "reference" else recipe_label(row["settings"])
+            row["parity"] = table.get(label)
+            row["at_parity"] = bool(row["parity"]) and all(row["parity"][k] <= yardstick[k] for k in yardstick)
     Path(output_json).write_text(json.dumps(report, indent=2))
     print_tables(report)
     print(f"report written to {output_json}")

@@ -93,6 +93,14 @@ def read_edits_file(path: str) -> list[dict]:
     return rows
 
 
+def count_edits(image: str | None = None, edits_file: str | None = None, num_samples: int = 1) -> int:
+    """How many edited images the run makes, all ranks together (the rows of ``edits_file`` or the one
+    ``image``, times ``num_samples``); bad combinations are left for ``edit_jobs`` to report."""
+    num_samples = as_int(num_samples, "--num_samples", 1, error=EditsError)
+    rows = len(read_edits_file(edits_file)) if edits_file and not image else 1
+    return rows * num_samples
+
+
 def edit_jobs(
     image: str | None = None,
     edits_file: str | None = None,

@@ -185,6 +185,13 @@ def sampling_jobs(
     return jobs
 
 
+def count_images(
+    prompt=None, negative_prompt="", prompts_file: str | None = None, seed: int = 0, num_samples: int = 1
+) -> int:
+    """How many images the run makes, all ranks together and whatever is already written (``sampling_jobs``)."""
+    return len(sampling_jobs(prompt, negative_prompt, prompts_file, seed, num_samples))
+
+
 def pending_jobs(
     jobs: Sequence[dict], output_dir: str, rank: int | None = None, world_size: int | None = None
 ) -> list[dict]:

@@ -18,6 +18,7 @@ from monai.inferers import Inferer
 
 from scripts.common.errors import CxrLdmError
 from scripts.common.progress import progress
+from scripts.networks.compilation import compile_unet, parse_compile
 from scripts.networks.deep_cache import DeepCacheUNet
 from scripts.networks.precision import PRECISIONS
 from scripts.networks.schedulers import is_stochastic
@@ -73,7 +74,8 @@ class GuidedLatentSampler(Inferer):
             None or ``"float32"`` for float32 (the config resolves ``"auto"`` with
             ``scripts.networks.precision.resolve_precision``).
         channels_last: use the channels-last memory format for the UNet and the autoencoder.
-        compile: wrap the UNet in ``torch.compile`` (first call compiles; worthwhile for many images).
+        compile: compile the UNet (``scripts.networks.compilation.compile_unet``: inductor with frozen weights
+            on a CPU; the first call compiles, ~1 min; the config resolves ``"auto"`` with ``resolve_compile``).
         progress: show a progress bar over denoising steps.
         cross_attention_dim: the UNet's context width; checked against the text encoder's when given.
         guidance_interval: [lowest, highest] training timestep (0-999) at which guidance is applied;
@@ -126,7 +128,9 @@ class GuidedLatentSampler(Inferer):
         self.batched_guidance = bool(batched_guidance)
         self.autocast_dtype = AUTOCAST_DTYPES[key]
         self.channels_last = bool(channels_last)
-        self.compile = bool(compile)
+        self.compile = parse_compile(compile)
+        if self.compile == "auto":
+            raise ValueError("compile 'auto' is resolved by the config (scripts.networks.compilation.resolve_compile).")
         self.progress = bool(progress)
         if cross_attention_dim is not None:
             check_context_width(text_encoder, cross_attention_dim)
@@ -173,7 +177,7 @@ class GuidedLatentSampler(Inferer):
         if not self.compile:
             return network
         if id(network) not in self._wrapped_unets:
-            self._wrapped_unets[id(network)] = torch.compile(network)
+            self._wrapped_unets[id(network)] = compile_unet(network, next(network.parameters()).device)
         return self._wrapped_unets[id(network)]
 
     def _autocast(self, device: torch.device):

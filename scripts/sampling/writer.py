@@ -37,6 +37,7 @@ MANIFEST_COLUMNS = (
     "autocast_dtype",
     "guidance_interval",
     "cache_interval",
+    "compile",
     "scale_factor",
     "autoencoder_weights",
     "diffusion_weights",

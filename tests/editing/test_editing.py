@@ -195,6 +195,21 @@ def test_same_seed_gives_the_same_edit_at_any_batch_size(tiny_model_dir, tmp_pat
         assert torch.allclose(torch.load(a, weights_only=True), torch.load(b, weights_only=True), atol=5e-4), a.name
 
 
+@pytest.mark.parametrize("min_images, compiled", [(8, True), (9, False)])
+def test_auto_compile_counts_the_edits_of_the_run(min_images, compiled, tiny_model_dir, tmp_path, inputs, monkeypatch):
+    import scripts.networks.precision as precision
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    edits = _edits_csv(tmp_path, inputs)  # 4 rows
+    settings = tiny_run_settings(tiny_model_dir, "unused", edits_file=str(edits), num_samples=2)
+    from helpers.bundle import tiny_parser
+
+    parser = tiny_parser(EDIT_CONFIG, **settings, autocast_dtype="auto", compile_min_images=min_images)
+    assert parser.get_parsed_content("num_images") == 8
+    assert parser.get_parsed_content("compiled") is compiled
+    assert {job["compile"] for job in parser.get_parsed_content("jobs")} == {compiled}
+
+
 def test_edits_file_writes_every_edit_once_and_resumes(tiny_model_dir, tmp_path, inputs):
     edits = _edits_csv(tmp_path, inputs)
     out = tmp_path / "out"

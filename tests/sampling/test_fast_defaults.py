@@ -96,3 +96,78 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
     second = run_inference(tiny_model_dir, out, output_format="pt", cache_interval=2)
     assert len(first) == 1 and len(second) == 2
     assert sorted(row["cache_interval"] for row in _manifest(out)) == ["1", "2"]
+
+
+# -- compile: "auto" compiles long bf16 runs on a CPU ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting, device, dtype, images, expected",
+    [
+        ("auto", "cpu", "bfloat16", 32, True),
+        ("auto", "cpu", "bfloat16", 31, False),  # too few images to pay for compiling
+        ("auto", "cpu", "float32", 1000, False),  # fp32 gains too little
+        ("auto", "cuda:0", "bfloat16", 1000, False),  # no GPU measurement has chosen a mode yet
+        (True, "cpu", "float32", 1, True),  # explicit values always win
+        ("false", "cpu", "bfloat16", 1000, False),
+    ],
+)
+def test_auto_compile_follows_the_run_size_device_and_precision(setting, device, dtype, images, expected):
+    from scripts.networks.compilation import resolve_compile
+
+    assert resolve_compile(setting, device, dtype, images, min_images=32) is expected
+
+
+def test_compile_setting_must_be_true_false_or_auto():
+    from scripts.networks.compilation import resolve_compile
+
+    with pytest.raises(ValueError, match="compile must be true, false or 'auto', got 'sometimes'"):
+        resolve_compile("sometimes", "cpu", "bfloat16", 100, 32)
+
+
+def test_compile_freezes_the_weights_on_a_cpu_only(monkeypatch):
+    """On a CPU the compiled UNet runs (and so compiles) with inductor's freezing on; elsewhere it does not."""
+    import torch._inductor.config as inductor_config
+
+    from scripts.networks import compilation
+
+    compiled, freezing_at_call = [], []
+
+    def fake_compile(network, **options):
+        compiled.append(options)
+
+        def run(x):
+            freezing_at_call.append(inductor_config.freezing)
+            return network(x)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    network, x = torch.nn.Linear(2, 2), torch.randn(3, 2)
+    for device in ("cpu", "cuda:0"):
+        with torch.no_grad():
+            torch.testing.assert_close(compilation.compile_unet(network, device)(x), network(x))
+    assert compiled == [{"dynamic": False}, {"dynamic": False}]
+    assert freezing_at_call == [True, False] and inductor_config.freezing is False, "freezing leaked out of the call"
+
+
+def test_auto_compile_is_decided_by_the_whole_run_recorded_and_part_of_identity(tiny_model_dir, tmp_path, monkeypatch):
+    """A 3-image bf16 run on a (mocked) AMX CPU with compile_min_images 3 is compiled; the decision depends on
+    the run's size, not on how much of it is done, so a resumed run makes only the missing image, under the
+    same name; the same images made uncompiled are other images."""
+    import scripts.sampling.sampler as sampler_module
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    compiled = []
+    monkeypatch.setattr(sampler_module, "compile_unet", lambda network, device: compiled.append(device) or network)
+    out = tmp_path / "out"
+    settings = {"autocast_dtype": "auto", "output_format": "pt", "num_samples": 3, "compile_min_images": 3}
+    first = run_inference(tiny_model_dir, out, **settings)
+    assert len(first) == 3 and len(compiled) == 1
+    assert {row["compile"] for row in _manifest(out)} == {"True"}
+    first[1].unlink()
+    resumed = run_inference(tiny_model_dir, out, **settings)
+    assert resumed == first and len(compiled) == 2, "the resumed run (1 image to make) was compiled as well"
+    uncompiled = run_inference(tiny_model_dir, out, **{**settings, "compile_min_images": 4})
+    assert len(uncompiled) == 6 and len(compiled) == 2
+    assert sorted(row["compile"] for row in _manifest(out)) == ["False"] * 3 + ["True"] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -10,9 +11,40 @@ import torch
 from helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY
 
 
-def test_benchmark_report_is_consistent(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def parity_model(tmp_path_factory):
+    from benchmarks.parity_model import train
+
+    model_dir = tmp_path_factory.mktemp("parity") / "parity_model"
+    info = train(str(model_dir), minutes=0.05, num_images=32, batch_size=4)
+    assert info["diffusion_steps"] > 0 and (model_dir / "model.pt").is_file()
+    return model_dir
+
+
+def _slow_first_call_compile(delay_s: float):
+    """Stands in for ``compile_unet``: the network itself, its first call ``delay_s`` slower (a compile)."""
+    calls = []
+
+    def compile_unet(network, device):
+        def run(*args, **kwargs):
+            if not calls:
+                time.sleep(delay_s)
+            calls.append(1)
+            return network(*args, **kwargs)
+
+        return run
+
+    return compile_unet, calls
+
+
+def test_one_run_times_the_reference_the_default_and_each_lever_beside_its_parity(
+    tmp_path, capsys, monkeypatch, parity_model
+):
+    import scripts.sampling.sampler as sampler_module
     from benchmarks.sampling_benchmark import main
 
+    fake_compile, compile_calls = _slow_first_call_compile(0.5)
+    monkeypatch.setattr(sampler_module, "compile_unet", fake_compile)
     output = tmp_path / "benchmark.json"
     report = main(
         config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
@@ -21,32 +53,91 @@ def test_benchmark_report_is_consistent(tmp_path, capsys):
         timed_steps=1,
         repeats=1,
         output_json=str(output),
+        parity_model_dir=str(parity_model),
+        parity_references=["ddim-40"],
+        parity_images=2,
         scheduler_name="dpmpp_2m",
         num_inference_steps=10,
     )
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
-    reference, ours_1, ours_2 = report["timing"]["rows"]
+    assert report["capabilities"]["torch_threads"] == torch.get_num_threads()
+    assert isinstance(report["capabilities"]["amx_bf16"], bool)
+    rows = report["timing"]["rows"]
+    reference, ours_1, ours_2, *lever_rows = rows
     assert reference["settings"]["scheduler_name"] == "ddim" and reference["steps"] == 50
     assert reference["settings"]["batched_guidance"] is False and reference["batch_size"] == 1
-    assert ours_1["settings"]["scheduler_name"] == "dpmpp_2m" and ours_1["steps"] == 10 and ours_2["batch_size"] == 2
-    for row in (reference, ours_1, ours_2):
+    default = ours_1["settings"]
+    assert default["scheduler_name"] == "dpmpp_2m" and ours_1["steps"] == 10 and ours_2["batch_size"] == 2
+    # the tiny overlay samples in float32, so "auto" does not compile and the compile lever turns it on
+    assert default["autocast_dtype"] == "float32" and default["compile"] is False
+    levers = {row["lever"]: row["settings"] for row in lever_rows}
+    assert list(levers) == ["compile", "precision bfloat16", "guidance interval", "feature reuse"]
+    changed = {lever: {k for k in settings if settings[k] != default[k]} for lever, settings in levers.items()}
+    assert changed == {
+        "compile": {"compile"},
+        "precision bfloat16": {"autocast_dtype"},
+        "guidance interval": {"guidance_interval"},
+        "feature reuse": {"cache_interval"},
+    }
+    for row in rows:
         assert row["timed_steps"] == 1 and row["peak_memory_gib"] > 0
         per_batch = row["text_s"] + row["steps"] * row["step_s"] + row["decode_s"]
         assert row["per_image_s"] == pytest.approx(per_batch / row["batch_size"])
         assert row["speed_up"] == pytest.approx(reference["per_image_s"] / row["per_image_s"])
+        # every timed recipe has its parity beside it, judged against DDIM-50's distances to DDIM-40
+        yardstick = report["parity"]["distances"]["ddim-40"]["ddim-50"]
+        assert set(row["parity"]) == {"latent_rmse", "pixel_rmse", "feature_distance"}
+        assert row["at_parity"] == all(row["parity"][k] <= yardstick[k] for k in yardstick)
+    assert reference["parity"] == yardstick and reference["at_parity"]
+    compiled = lever_rows[0]
+    assert compile_calls and compiled["compile_s"] >= 0.4
+    assert all(row["compile_s"] == 0 for row in rows if row is not compiled)
+    summary = report["timing"]["default"]
+    assert summary["run_images"] == 100 and summary["per_image_s"] == pytest.approx(ours_1["per_image_s"])
+    gain = ours_1["per_image_s"] - compiled["per_image_s"]
+    assert summary["compile_gain_s_per_image"] == pytest.approx(gain)
     printed = capsys.readouterr().out
-    assert "reference: ddim separate fp32" in printed and "ours: dpmpp_2m batched fp32" in printed
+    assert "reference: ddim-50 separate fp32" in printed and "default: dpmpp_2m-10 batched fp32" in printed
+    assert "feature reuse: dpmpp_2m-10 batched fp32 ch-last cache2" in printed
+    assert "default for a 100-image run" in printed
 
 
-def test_parity_part_reports_distances_to_references(tmp_path):
-    from benchmarks.parity_model import train
+def test_auto_compile_defaults_to_a_compiled_bf16_row_for_a_long_run(tmp_path, monkeypatch):
+    """On a (mocked) AMX CPU the default of a 100-image run is bf16 and compiled, and its compile time is
+    spread over the run in the summary; the eager lever row measures what compiling gains."""
+    import scripts.networks.precision as precision
+    import scripts.sampling.sampler as sampler_module
+    from benchmarks.sampling_benchmark import main
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    fake_compile, _ = _slow_first_call_compile(0.5)
+    monkeypatch.setattr(sampler_module, "compile_unet", fake_compile)
+    report = main(
+        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        device="cpu",
+        timed_steps=1,
+        repeats=1,
+        output_json=str(tmp_path / "benchmark.json"),
+        autocast_dtype="auto",
+        num_inference_steps=4,
+    )
+    reference, default, eager, *_ = report["timing"]["rows"]
+    assert default["settings"]["autocast_dtype"] == "bfloat16" and default["settings"]["compile"] is True
+    assert eager["lever"] == "eager (compile off)" and eager["settings"]["compile"] is False
+    summary = report["timing"]["default"]
+    assert default["compile_s"] >= 0.4
+    assert summary["per_image_s"] == pytest.approx(default["per_image_s"] + default["compile_s"] / 100)
+    assert summary["speed_up"] == pytest.approx(reference["per_image_s"] / summary["per_image_s"])
+    gain = eager["per_image_s"] - default["per_image_s"]
+    expected = default["compile_s"] / gain if gain > 0 else None
+    assert summary["compile_pays_after_images"] == (pytest.approx(expected) if expected else None)
+
+
+def test_parity_part_reports_distances_to_references(parity_model):
     from benchmarks.sampling_benchmark import parity
 
-    model_dir = tmp_path / "parity_model"
-    info = train(str(model_dir), minutes=0.05, num_images=32, batch_size=4)
-    assert info["diffusion_steps"] > 0 and (model_dir / "model.pt").is_file()
     result = parity(
-        str(model_dir),
+        str(parity_model),
         INFERENCE_CONFIG,
         {},
         samplers=["ddim-10", "dpmpp_2m-2", "dpmpp_2m_karras-30"],
