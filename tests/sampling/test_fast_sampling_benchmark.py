@@ -168,3 +168,16 @@ def test_parity_sampler_specs_carry_their_settings():
     assert sampler_spec("unipc_karras-18@bf16@compile")[2] == {"autocast_dtype": "bfloat16", "compile": True}
     with pytest.raises(ValueError, match="Unknown sampler option 'fast'"):
         sampler_spec("ddim-50@fast")
+
+
+def test_peak_memory_is_each_blocks_own_peak():
+    """The resident-set peak is reset on entry: a small block after a large one reports its own, smaller peak."""
+    from benchmarks.sampling_benchmark import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as large:
+        block = torch.ones(64 * 2**20)  # 256 MiB, touched
+        del block
+    with PeakMemory(torch.device("cpu")) as small:
+        block = torch.ones(2**20)
+        del block
+    assert large.peak - small.peak > 200 * 2**20, (large.peak, small.peak)
