@@ -184,6 +184,23 @@ def capabilities(device: torch.device) -> dict:
     }
 
 
+def random_text_encoder(width: int):
+    """A ``CLIPTextModel`` with random weights shaped like SD-2.1's (width 1024: 23 layers, 16 heads) or small."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=23 if width == 1024 else 2,
+        num_attention_heads=16 if width == 1024 else 2,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=512,
+    )
+    return CLIPTextModel(config).eval()
+
+
 def build_networks(parser, device: torch.device, seed: int = 0):
     """Autoencoder, UNet and text encoder: the config's weights when present, else random weights.
 
@@ -217,20 +234,7 @@ def build_networks(parser, device: torch.device, seed: int = 0):
         )
         sources["text_encoder"] = parser.get_parsed_content("text_encoder_source")
     except Exception:  # no local text encoder: an SD-2.1-shaped one with random weights times the same
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        width = int(parser["network_def"]["cross_attention_dim"])
-        config = CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=4 * width,
-            num_hidden_layers=23 if width == 1024 else 2,
-            num_attention_heads=16 if width == 1024 else 2,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            projection_dim=512,
-        )
-        networks["text_encoder"] = CLIPTextModel(config).to(device)
+        networks["text_encoder"] = random_text_encoder(int(parser["network_def"]["cross_attention_dim"])).to(device)
         sources["text_encoder"] = "random weights"
     for module in networks.values():
         module.eval().requires_grad_(False)
@@ -309,6 +313,7 @@ def time_recipe(
         "step_s": step_s,
         "decode_s": decode_s,
         "per_batch_s": total_s,
+        "warmup_loop_s": first_loop_s,
         # the warm-up run's extra time: compiling (per process, once per batch shape) when compiled
         "compile_s": max(0.0, first_loop_s - loop_s) if settings.get("compile") else 0.0,
         "per_image_s": total_s / batch_size,

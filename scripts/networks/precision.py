@@ -56,3 +56,12 @@ def resolve_precision(autocast_dtype: str | None, device: str | torch.device) ->
         why = "native bf16 on this device" if precision == "bfloat16" else "no native bf16 on this device"
         logger.info(f"autocast_dtype auto -> {precision} ({why}); set --autocast_dtype to choose.")
     return precision
+
+
+def autocast_kwargs(amp_dtype: str) -> dict:
+    """``torch.autocast`` keyword arguments of a training run's mixed precision (``amp_dtype``: "float16",
+    the reference recipe's, or "bfloat16", which needs no loss scaling and cannot overflow)."""
+    precision = PRECISIONS.get(str(amp_dtype).lower())
+    if precision not in ("float16", "bfloat16"):
+        raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}.")
+    return {"dtype": getattr(torch, precision)}

@@ -11,6 +11,7 @@ import torch
 from helpers.bundle import tiny_parser
 from helpers.data import make_prepared_synthetic
 from helpers.networks import make_tiny_text_encoder
+from scripts.common.errors import root_cause
 
 DIFFUSION = (
     "configs/data.json",
@@ -171,6 +172,28 @@ def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(da
     trainer.run()
     assert trainer.state.epoch == 2 and trainer.state.output["discriminator_loss"] > 0
     assert not all(torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters())), "D trains from epoch 2"
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
+def test_amp_dtype_reaches_the_trainer_and_the_evaluator(stage, dataset_dir, tmp_path):
+    """Mixed precision is float16 by default (the reference recipe) and bfloat16 with --amp_dtype bfloat16."""
+    files = AUTOENCODER if stage == "autoencoder" else DIFFUSION
+    settings = {"dataset_dir": str(dataset_dir), "train_dir": "/nonexistent"}
+    if stage == "diffusion":
+        make_tiny_text_encoder().save_pretrained(tmp_path / "text_encoder")
+        torch.save(tiny_parser().get_parsed_content("autoencoder_def").state_dict(), tmp_path / "autoencoder.pt")
+        settings["text_encoder_source"] = str(tmp_path / "text_encoder")
+        settings["autoencoder_path"] = str(tmp_path / "autoencoder.pt")
+    for amp_dtype, expected in ((None, torch.float16), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16)):
+        overrides = {} if amp_dtype is None else {"amp_dtype": amp_dtype}
+        parser = tiny_parser(*files, **settings, **overrides)
+        parser["train#handlers"] = []
+        assert parser.get_parsed_content("train#trainer").amp_kwargs == {"dtype": expected}
+        assert parser.get_parsed_content("validate#evaluator").amp_kwargs == {"dtype": expected}
+    parser = tiny_parser(*files, **settings, amp_dtype="int8")
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("amp_kwargs")
+    assert "amp_dtype must be float16 or bfloat16, got 'int8'" in str(root_cause(error.value))
 
 
 def test_checkpoint_files_are_atomic_and_the_newest_is_found(tmp_path):

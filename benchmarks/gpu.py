@@ -1,0 +1,362 @@
+"""GPU measurements in one prepared run, written as one JSON file.
+
+1. Sampling, full-size networks with random weights (timing does not depend on them), whole runs: the
+   reference recipe (DDIM-50, float32, separate guidance branches, batch 1) and the default (``auto``
+   precision, batched guidance, channels-last, SDPA attention) at each batch size: images/s, peak memory
+   and the fraction of the bf16 bound (UNet FLOPs per image from torch's FLOP counter ÷ the card's dense
+   bf16 peak).
+2. The default compiled with each ``torch.compile`` mode (``reduce-overhead`` adds CUDA graphs) at the
+   largest batch: compile seconds, images/s, fraction of the bound; the fastest path is named.
+3. Training: ``train_iterations`` iterations of each stage through the bundle's own training configs, at
+   full size under bf16 autocast, on a small synthetic data set made on the spot: images/s after a
+   warm-up, peak memory, whether every loss was finite.
+
+Each part is written to the JSON as soon as it ends, so a run cut short still returns what it measured;
+a part that fails records its error and the others still run.
+
+    bash benchmarks/gpu.sh                               # on the GPU machine (installs the carried wheels)
+    python -m benchmarks.gpu --output_dir gpu_out        # anywhere with the requirements installed
+    python -m benchmarks.gpu --output_dir out --tiny True --device cpu   # tiny networks (the test suite)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchmarks.sampling_benchmark import (
+    REFERENCE,
+    build_networks,
+    capabilities,
+    random_text_encoder,
+    time_recipe,
+    unet_flops,
+)
+from benchmarks.sampling_benchmark import main as sampling_benchmark
+from scripts.networks.precision import resolve_precision
+from tests.helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, load_parser
+
+#: Dense bf16 peak of the H100 SXM (the H200 has the same tensor cores), TFLOP/s.
+H100_BF16_TFLOPS = 989.0
+CONFIGS = BUNDLE_ROOT / "configs"
+TEST_CONFIGS = BUNDLE_ROOT / "tests" / "configs"
+STAGE_FILES = {
+    "autoencoder": ["data.json", "train.json", "train_autoencoder.json"],
+    "diffusion": ["data.json", "train.json", "train_diffusion.json"],
+}
+TINY_STAGE_FILES = {
+    "autoencoder": ["tiny_train.json", "tiny_train_autoencoder.json"],
+    "diffusion": ["tiny_train.json", "tiny_train_diffusion.json"],
+}
+#: What the JSON holds; the test checks every field is there.
+SAMPLING_FIELDS = ("batch_size", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
+COMPILE_FIELDS = ("mode", "batch_size", "compile_s", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
+TRAINING_FIELDS = ("stage", "iterations", "batch_size", "amp_dtype", "images_per_s", "peak_memory_gib", "loss_finite")
+
+
+def environment(device: torch.device) -> dict:
+    """The machine: device name, torch, CUDA and cuDNN versions, Python."""
+    info = {
+        **capabilities(device),
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=properties.name,
+            gpu_memory_gib=properties.total_memory / 2**30,
+            compute_capability=f"{properties.major}.{properties.minor}",
+        )
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config_files(tiny: bool, *extra: str) -> list[str]:
+    return [INFERENCE_CONFIG, *extra, *([TINY_OVERLAY] if tiny else [])]
+
+
+def sampling(device: torch.device, tiny: bool, batch_sizes, repeats: int, peak_tflops: float, output_dir: Path) -> dict:
+    """The reference recipe at batch 1 and the default at ``batch_sizes``, whole runs, beside the bf16 bound."""
+    report = sampling_benchmark(
+        config_file=_config_files(tiny),
+        device=str(device),
+        batch_sizes=list(batch_sizes),
+        full_steps=True,
+        repeats=repeats,
+        levers=False,
+        peak_tflops=peak_tflops,
+        output_json=str(output_dir / "sampling_benchmark.json"),
+        autocast_dtype="auto",
+        use_flash_attention=True,
+        compile=False,
+    )
+    timing = report["timing"]
+    bound = timing["bound_images_per_s"]
+
+    def summary(row: dict) -> dict:
+        return {
+            "batch_size": row["batch_size"],
+            "settings": row["settings"],
+            "images_per_s": row["images_per_s"],
+            "per_image_s": row["per_image_s"],
+            "peak_memory_gib": row["peak_memory_gib"],
+            "bound_fraction": row["images_per_s"] / bound,
+        }
+
+    reference, *ours = timing["rows"]
+    rows = [summary(row) for row in ours]
+    return {
+        "reference": summary(reference),
+        "default": rows,
+        "flops_per_image": timing["flops_per_image"],
+        "peak_tflops": peak_tflops,
+        "bound_images_per_s": bound,
+        "speed_up_over_reference": {str(r["batch_size"]): reference["per_image_s"] / r["per_image_s"] for r in rows},
+    }
+
+
+def compiled_paths(
+    device: torch.device, tiny: bool, batch_size: int, modes, repeats: int, peak_tflops: float, eager: dict | None
+) -> dict:
+    """The default at ``batch_size`` with its UNet compiled in each ``torch.compile`` mode (whole runs)."""
+    parser = load_parser(_config_files(tiny), {"use_flash_attention": True})
+    networks, _ = build_networks(parser, device)
+    settings = {key: parser[key] for key in REFERENCE}
+    settings.update(
+        autocast_dtype=resolve_precision(parser["autocast_dtype"], device), compile=False, use_flash_attention=True
+    )
+    per_image_flops = int(settings["num_inference_steps"]) * unet_flops(
+        networks["network"], parser, device, batch_size=2
+    )
+    bound = peak_tflops * 1e12 / per_image_flops
+    rows = []
+    for mode in modes:
+        torch._dynamo.reset()
+        try:
+            compiled = torch.compile(networks["network"], mode=None if mode == "default" else mode, dynamic=False)
+            row = time_recipe(parser, networks, compiled, settings, int(batch_size), None, repeats, device, True)
+            steady_loop_s = row["step_s"] * row["timed_steps"]
+            rows.append(
+                {
+                    "mode": mode,
+                    "batch_size": row["batch_size"],
+                    "compile_s": max(0.0, row["warmup_loop_s"] - steady_loop_s),
+                    "images_per_s": row["images_per_s"],
+                    "per_image_s": row["per_image_s"],
+                    "peak_memory_gib": row["peak_memory_gib"],
+                    "bound_fraction": row["images_per_s"] / bound,
+                }
+            )
+        except Exception as error:  # one mode failing (e.g. CUDA graphs) must not lose the others
+            rows.append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
+    candidates = [r for r in rows if "error" not in r]
+    if eager is not None:
+        candidates.append({"mode": "eager", **{k: eager[k] for k in ("images_per_s", "bound_fraction")}})
+    best = max(candidates, key=lambda r: r["images_per_s"]) if candidates else None
+    return {"modes": rows, "best": None if best is None else {"mode": best["mode"], **best}}
+
+
+def _synthetic_dataset(folder: Path, image_size: int, num_subjects: int) -> Path:
+    from scripts.data.prepare import prepare
+    from scripts.data.synthetic import generate
+
+    raw, prepared = folder / "raw", folder / "prepared"
+    generate(str(raw), num_subjects=num_subjects, image_size=round(image_size * 1.25), seed=0)
+    prepare(str(raw), str(prepared), short_side=image_size, num_workers=min(8, os.cpu_count() or 1), progress=False)
+    return prepared
+
+
+def train_stage(
+    stage: str,
+    device: torch.device,
+    tiny: bool,
+    dataset_dir: Path,
+    work_dir: Path,
+    iterations: int,
+    batch_size: int,
+    amp_dtype: str,
+    warmup_iterations: int,
+) -> dict:
+    """``iterations`` iterations of one stage through its configs (no validation, samples or MLflow)."""
+    from ignite.engine import Events
+
+    files = _config_files(tiny, *(str(CONFIGS / f) for f in STAGE_FILES[stage]))
+    if tiny:
+        files += [str(TEST_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
+    overrides = {
+        "bundle_root": str(BUNDLE_ROOT),
+        "device": str(device),
+        "dataset_dir": str(dataset_dir),
+        "train_dir": str(work_dir / stage),
+        "max_epochs": 1,
+        "batch_size": int(batch_size),
+        "val_interval": 1000,  # no validation within the one epoch
+        "use_mlflow": False,
+        "num_workers": min(8, os.cpu_count() or 1),
+        "amp": device.type == "cuda",
+        "amp_dtype": amp_dtype,
+    }
+    if stage == "autoencoder":
+        overrides.update(perceptual_random_backbone=True, adversarial_start_epoch=1)  # the discriminator trains too
+    else:
+        parser = load_parser(_config_files(tiny), {})
+        autoencoder_path = work_dir / "autoencoder.pt"
+        torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), autoencoder_path)
+        text_encoder = work_dir / "text_encoder"
+        if not text_encoder.is_dir():
+            random_text_encoder(int(parser["network_def"]["cross_attention_dim"])).save_pretrained(text_encoder)
+        overrides.update(
+            autoencoder_path=str(autoencoder_path),
+            autoencoder_load_old=False,
+            text_encoder_source=str(text_encoder),
+            sample_interval=1000,
+        )
+    parser = load_parser(files, overrides)
+    parser["train#trainer"]["epoch_length"] = int(iterations)
+    trainer = parser.get_parsed_content("train#trainer")
+    for step in parser["run"]:
+        if step != "@train_model":
+            parser.get_parsed_content(step[1:])  # join_process_group, set_determinism, attach_ema
+    marks, losses = [], []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _record(engine) -> None:
+        _sync(device)
+        marks.append(time.perf_counter())
+        output = engine.state.output
+        losses.append(float(output["loss"]))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    trainer.run()
+    warm = min(int(warmup_iterations), len(marks) - 1)
+    timed = len(marks) - 1 - warm
+    images_per_s = timed * int(batch_size) / (marks[-1] - marks[warm]) if timed > 0 else None
+    return {
+        "stage": stage,
+        "iterations": len(marks),
+        "batch_size": int(batch_size),
+        "amp_dtype": amp_dtype if device.type == "cuda" else "float32 (autocast is CUDA-only here)",
+        "warmup_iterations": warm,
+        "images_per_s": images_per_s,
+        "total_s": time.perf_counter() - start,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_finite": bool(losses) and all(math.isfinite(v) for v in losses),
+    }
+
+
+def main(
+    output_dir: str,
+    device: str | None = None,
+    tiny: bool = False,
+    batch_sizes=(1, 8, 32),
+    repeats: int = 2,
+    compile_modes=("default", "reduce-overhead"),
+    train_iterations: int = 20,
+    train_batch_size: int = 8,
+    train_amp_dtype: str = "bfloat16",
+    train_image_size: int | None = None,
+    peak_tflops: float = H100_BF16_TFLOPS,
+    parts=("sampling", "compile", "training"),
+) -> dict:
+    """Measure and write ``<output_dir>/gpu_benchmark.json`` (see the module docstring).
+
+    Args:
+        output_dir: where the JSON (and the sampling benchmark's own JSON) go.
+        device: default: cuda when present, else cpu.
+        tiny: the test suite's tiny networks and 64-pixel images (so the script runs on a CPU in a minute).
+        batch_sizes: the default's batch sizes; the compiled modes run at the largest.
+        repeats: timed whole runs per measurement (median), after a warm-up run.
+        compile_modes: ``torch.compile`` modes ("default", "reduce-overhead" = CUDA graphs, "max-autotune").
+        train_iterations / train_batch_size / train_amp_dtype: the training part.
+        train_image_size: image size of the training data (default: the config's, 512; 64 when tiny).
+        peak_tflops: the card's dense bf16 peak, TFLOP/s (H100 SXM and H200: 989).
+        parts: which of "sampling", "compile", "training" to run.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "gpu_benchmark.json"
+    parts = [parts] if isinstance(parts, str) else list(parts)
+    report: dict = {
+        "command": {"device": str(device), "tiny": bool(tiny), "batch_sizes": list(batch_sizes), "parts": parts},
+        "environment": environment(device),
+    }
+
+    def save() -> None:
+        report_path.write_text(json.dumps(report, indent=2, default=str))
+
+    def attempt(name: str, function) -> None:
+        started = time.perf_counter()
+        try:
+            report[name] = function()
+        except Exception as error:  # record it and go on: one failing part must not lose the others
+            report[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        report[name]["wall_s"] = time.perf_counter() - started
+        save()
+        print(f"[gpu benchmark] {name}: {json.dumps(report[name], default=str)[:2000]}", flush=True)
+
+    save()
+    print(f"[gpu benchmark] {json.dumps(report['environment'], default=str)}", flush=True)
+    if "sampling" in parts:
+        attempt("sampling", lambda: sampling(device, tiny, batch_sizes, repeats, peak_tflops, out))
+    if "compile" in parts:
+        eager = None
+        if "error" not in report.get("sampling", {"error": "not run"}):
+            eager = max(report["sampling"]["default"], key=lambda r: r["batch_size"])
+        attempt(
+            "compile",
+            lambda: compiled_paths(device, tiny, max(batch_sizes), compile_modes, repeats, peak_tflops, eager),
+        )
+    if "training" in parts:
+
+        def training() -> dict:
+            size = int(train_image_size or (64 if tiny else 512))
+            with tempfile.TemporaryDirectory() as folder:
+                work = Path(folder)
+                dataset = _synthetic_dataset(work / "data", size, num_subjects=12 if tiny else 24)
+                return {
+                    "image_size": size,
+                    "stages": [
+                        train_stage(
+                            stage,
+                            device,
+                            tiny,
+                            dataset,
+                            work,
+                            train_iterations,
+                            train_batch_size,
+                            train_amp_dtype,
+                            warmup_iterations=min(5, train_iterations // 4),
+                        )  # fmt: skip
+                        for stage in ("autoencoder", "diffusion")
+                    ],
+                }
+
+        attempt("training", training)
+    print(f"[gpu benchmark] written {report_path}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main, serialize=lambda report: None)
