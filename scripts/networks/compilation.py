@@ -52,7 +52,10 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
     if key not in _announced:
         _announced.add(key)
         if chosen:
-            why = f"{num_images} images >= compile_min_images {min_images}, bfloat16 on a CPU"
+            why = (
+                f"{num_images} images >= compile_min_images {min_images}, bfloat16 on a CPU; "
+                "the first step compiles, about a minute"
+            )
         elif device.type != "cpu":
             why = f"no measured compile mode for {device.type} yet"
         elif precision != "bfloat16":

@@ -66,6 +66,8 @@ def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | 
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
     if not torch.isfinite(image).all():
         raise ValueError(f"refusing to write '{path}': the image holds NaN or inf values.")
+    if hasattr(image, "as_tensor"):  # a MONAI MetaTensor: a .pt file must load without MONAI
+        image = image.as_tensor()
     image = image.detach().float().cpu().clamp(0.0, 1.0)
     with atomic_path(path) as temporary:
         if output_format == "pt":

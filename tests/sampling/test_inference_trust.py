@@ -193,3 +193,17 @@ def test_cli_error_from_another_directory_ends_with_one_line(tiny_model_dir, tmp
     last = result.stderr.rstrip().splitlines()[-1]
     assert last == "SettingsError: --guidance_scale must be a finite number, got nan.", result.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_pt_output_of_a_meta_tensor_is_a_plain_tensor(tmp_path):
+    """An image arriving as a MONAI MetaTensor is written as a plain tensor, loadable without MONAI."""
+    from monai.data import MetaTensor
+
+    from scripts.sampling.writer import write_image
+
+    image = torch.rand(1, 8, 8)
+    path = write_image(MetaTensor(image, meta={"filename_or_obj": "x.png"}), str(tmp_path / "a.pt"), "pt")
+    loaded = torch.load(path, weights_only=True)
+    assert type(loaded) is torch.Tensor and torch.equal(loaded, image)
+    with open(path, "rb") as f:
+        assert b"monai" not in f.read(), "the file refers to MONAI classes"
