@@ -170,14 +170,29 @@ def compiled_paths(
     return {"modes": rows, "best": None if best is None else {"mode": best["mode"], **best}}
 
 
-def _synthetic_dataset(folder: Path, image_size: int, num_subjects: int) -> Path:
-    from scripts.data.prepare import prepare
-    from scripts.data.synthetic import generate
+def synthetic_training_set(folder: Path, image_size: int, num_images: int, seed: int = 0) -> Path:
+    """``num_images`` synthetic radiographs (``image_size``², JPEG) with report sentences, and a ``datalist.json``
+    in the prepared layout (every image in "training" and "validation").
 
-    raw, prepared = folder / "raw", folder / "prepared"
-    generate(str(raw), num_subjects=num_subjects, image_size=round(image_size * 1.25), seed=0)
-    prepare(str(raw), str(prepared), short_side=image_size, num_workers=min(8, os.cpu_count() or 1), progress=False)
-    return prepared
+    Drawn directly rather than through ``prepare_mimic``, which needs pandas (not on the GPU machine);
+    timing does not depend on the data.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from scripts.data.synthetic import draw_findings, draw_radiograph, write_report
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(int(num_images)):
+        findings = draw_findings(rng)
+        pixels = draw_radiograph(findings, int(image_size), int(image_size), rng)
+        name = f"images/{index:04d}.jpg"
+        Image.fromarray(pixels, mode="L").save(folder / name, quality=95)
+        items.append({"image": name, "sentences": write_report(findings, "PA", rng)[1]})
+    (folder / "datalist.json").write_text(json.dumps({"training": items, "validation": items[:2], "test": []}))
+    return folder
 
 
 def train_stage(
@@ -332,7 +347,7 @@ def main(
             size = int(train_image_size or (64 if tiny else 512))
             with tempfile.TemporaryDirectory() as folder:
                 work = Path(folder)
-                dataset = _synthetic_dataset(work / "data", size, num_subjects=12 if tiny else 24)
+                dataset = synthetic_training_set(work / "data", size, num_images=4 * int(train_batch_size))
                 return {
                     "image_size": size,
                     "stages": [
