@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,11 @@ MAX_TOKENS = 77
 VOCAB_SIZE = 49408
 BOS_ID = 49406
 EOS_ID = 49407
+
+#: A tokenizer's truncation warnings name at most this many prompts; the last one says the rest go unnamed
+#: (a run over thousands of long reports would otherwise print a warning per prompt).
+TRUNCATION_WARNINGS_NAMED = 5
+_truncation_warnings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> warnings given
 
 #: How the "no text" prompt is tokenised. ``"empty_prompt"`` is the tokenised empty string
 #: (BOS, EOS, then "!" padding, id 0), which is what the released model is sampled with and what this
@@ -72,20 +78,25 @@ def tokenize(tokenizer, prompts: Sequence[str], warn_truncation: bool = True) ->
     """Token ids of ``prompts``: LongTensor (B, 77), BOS ... EOS then padding, truncated to 77 tokens.
 
     A prompt longer than 77 tokens is truncated (the text encoder has 77 positions) with a warning that
-    names it, so a user knows the end of a long report was not seen.
+    names it, so a user knows the end of a long report was not seen; after ``TRUNCATION_WARNINGS_NAMED``
+    such warnings for one tokenizer (one run), further truncated prompts are not named.
     """
     prompts = list(prompts)
     encoded = tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
     if warn_truncation:
         full_lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
         for prompt, length in zip(prompts, full_lengths):
-            if length > MAX_TOKENS:
-                short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
-                warnings.warn(
-                    f"Prompt '{short}' is {length} tokens long and was truncated to {MAX_TOKENS}: "
-                    "the text after that is ignored.",
-                    stacklevel=2,
-                )
+            given = _truncation_warnings.get(tokenizer, 0)
+            if length <= MAX_TOKENS or given >= TRUNCATION_WARNINGS_NAMED:
+                continue
+            _truncation_warnings[tokenizer] = given + 1
+            short = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+            last = given + 1 == TRUNCATION_WARNINGS_NAMED
+            warnings.warn(
+                f"Prompt '{short}' is {length} tokens long and was truncated to {MAX_TOKENS}: the text after that "
+                "is ignored." + (" Further truncated prompts of this run are not named." if last else ""),
+                stacklevel=2,
+            )
     return encoded["input_ids"]
 
 

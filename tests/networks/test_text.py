@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,21 @@ def test_truncation_warns_and_keeps_77_tokens(tokenizer):
     with pytest.warns(UserWarning, match="truncated to 77"):
         ids = text.tokenize(tokenizer, [long_prompt])
     assert ids.shape == (1, 77) and ids[0, -1] == 49407
+
+
+def test_truncation_warnings_name_a_few_prompts_per_run_then_stop():
+    tokenizer = text.load_tokenizer(TOKENIZER_DIR)  # a run's own tokenizer
+    prompts = [f"case {i}: " + "left basal opacity " * 40 for i in range(7)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = text.tokenize(tokenizer, prompts)
+        text.tokenize(tokenizer, prompts[:2])
+    messages = [str(w.message) for w in caught]
+    assert ids.shape == (7, 77) and len(messages) == text.TRUNCATION_WARNINGS_NAMED == 5
+    assert all(f"'case {i}:" in m for i, m in enumerate(messages))
+    assert "not named" in messages[-1] and not any("not named" in m for m in messages[:-1])
+    with pytest.warns(UserWarning, match="case 0"):  # another run (tokenizer) names its own prompts again
+        text.tokenize(text.load_tokenizer(TOKENIZER_DIR), prompts[:1])
 
 
 def test_missing_tokenizer_files_are_named(tmp_path):
