@@ -15,6 +15,8 @@ weights; the training loop's preview sampler never compiles.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import torch
 
@@ -35,20 +37,39 @@ def parse_compile(compile) -> bool | str:
     return COMPILE_SETTINGS[key]
 
 
+def cpu_compiler_available() -> bool:
+    """Whether inductor finds the C++ compiler it builds CPU kernels with (``CXX``, else ``g++``)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return bool(get_cpp_compiler())
+    except ImportError:  # the private helper moved: look for the compiler inductor defaults to
+        return shutil.which(os.environ.get("CXX") or "g++") is not None
+    except Exception:  # inductor's own search found none
+        return False
+
+
 def resolve_compile(compile, device: str | torch.device, precision: str, num_images: int, min_images: int) -> bool:
     """Whether to compile the UNet for a run of ``num_images`` images (all ranks together).
 
-    ``"auto"`` is True on a CPU sampling in ``precision`` "bfloat16" when ``num_images >= min_images``, else
-    False; True and False are kept. The result decides the images' float rounding, so it is part of their
-    identity; it depends only on the command (the run's size, not how much of it is already done), so a
-    resumed run resolves it alike. The choice of ``"auto"`` is logged once.
+    ``"auto"`` is True on a CPU sampling in ``precision`` "bfloat16" when ``num_images >= min_images`` and a
+    C++ compiler is there for inductor, else False; True and False are kept (True on a CPU without a
+    compiler is refused here, before anything runs). The result decides the images' float rounding, so it
+    is part of their identity; it depends only on the command (the run's size, not how much of it is
+    already done), so a resumed run resolves it alike. The choice of ``"auto"`` is logged once.
     """
     setting = parse_compile(compile)
+    device = torch.device(device)
+    compiler = device.type != "cpu" or cpu_compiler_available()
+    if setting is True and not compiler:
+        raise ValueError(
+            "compile true needs a C++ compiler on a CPU (inductor builds its kernels with it) and none was found: "
+            "install g++ (or set CXX), or set --compile false."
+        )
     if setting != "auto":
         return setting
-    device = torch.device(device)
-    chosen = device.type == "cpu" and precision == "bfloat16" and int(num_images) >= int(min_images)
-    key = (chosen, str(device), precision, int(num_images) >= int(min_images))
+    chosen = device.type == "cpu" and precision == "bfloat16" and int(num_images) >= int(min_images) and compiler
+    key = (chosen, str(device), precision, int(num_images) >= int(min_images), compiler)
     if key not in _announced:
         _announced.add(key)
         if chosen:
@@ -58,6 +79,8 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
             )
         elif device.type != "cpu":
             why = f"no measured compile mode for {device.type} yet"
+        elif not compiler:
+            why = "no C++ compiler for inductor's CPU kernels (install g++ or set CXX)"
         elif precision != "bfloat16":
             why = f"{precision} on a CPU gains ~6 % only"
         else:

@@ -118,6 +118,19 @@ def test_auto_compile_follows_the_run_size_device_and_precision(setting, device,
     assert resolve_compile(setting, device, dtype, images, min_images=32) is expected
 
 
+def test_compile_needs_a_cpu_compiler(monkeypatch):
+    """Without a C++ compiler inductor cannot build CPU kernels: "auto" does not compile and true is refused
+    with the fix, before anything runs; a GPU run does not need one."""
+    from scripts.networks import compilation
+
+    assert compilation.cpu_compiler_available(), "this machine has g++"
+    monkeypatch.setattr(compilation, "cpu_compiler_available", lambda: False)
+    assert compilation.resolve_compile("auto", "cpu", "bfloat16", 1000, 32) is False
+    with pytest.raises(ValueError, match="compile true needs a C\\+\\+ compiler .* install g\\+\\+"):
+        compilation.resolve_compile(True, "cpu", "bfloat16", 1000, 32)
+    assert compilation.resolve_compile(True, "cuda:0", "bfloat16", 1, 32) is True
+
+
 def test_compile_setting_must_be_true_false_or_auto():
     from scripts.networks.compilation import resolve_compile
 
