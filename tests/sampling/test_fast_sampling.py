@@ -237,6 +237,19 @@ def test_compile_stays_within_tolerance_of_float32(tiny_switch_models, float32_r
     assert (images - ref_images).abs().max() <= 1e-4
 
 
+@pytest.mark.skipif(
+    not os.environ.get("CXR_LDM_SLOW_TESTS"), reason="torch.compile takes minutes on a CPU; set CXR_LDM_SLOW_TESTS=1"
+)
+def test_compiled_bfloat16_stays_within_the_bfloat16_tolerance(tiny_switch_models, float32_reference):
+    """The frozen compiled UNet under bf16 autocast is held to eager bf16's tolerance against float32."""
+    _, latent_relative, image_mean, image_q99, _ = SWITCH_TOLERANCES["autocast_bfloat16"]
+    ref_latents, ref_images = float32_reference
+    latents, images = _sample(tiny_switch_models, autocast_dtype="bfloat16", compile=True)
+    assert (latents - ref_latents).abs().mean() <= latent_relative * ref_latents.abs().mean()
+    image_error = (images - ref_images).abs().flatten()
+    assert image_error.mean() <= image_mean and torch.quantile(image_error, 0.99) <= image_q99
+
+
 def test_default_unipc_karras_reaches_exact_gaussian_solution_better_than_ddim_50(gaussian_problem):
     """The inference default (UniPC, Karras noise levels, 20 steps) integrates the ODE to noise 0 more
     accurately than the reference DDIM-50, and converges as steps are added."""
