@@ -60,16 +60,18 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
     """
     setting = parse_compile(compile)
     device = torch.device(device)
-    compiler = device.type != "cpu" or cpu_compiler_available()
-    if setting is True and not compiler:
+    on_cpu = device.type == "cpu"
+    if setting is True and on_cpu and not cpu_compiler_available():
         raise ValueError(
             "compile true needs a C++ compiler on a CPU (inductor builds its kernels with it) and none was found: "
             "install g++ (or set CXX), or set --compile false."
         )
     if setting != "auto":
         return setting
-    chosen = device.type == "cpu" and precision == "bfloat16" and int(num_images) >= int(min_images) and compiler
-    key = (chosen, str(device), precision, int(num_images) >= int(min_images), compiler)
+    enough_images = int(num_images) >= int(min_images)
+    worth_it = on_cpu and precision == "bfloat16" and enough_images
+    chosen = worth_it and cpu_compiler_available()  # the compiler is looked for only when it would be used
+    key = (chosen, str(device), precision, enough_images)
     if key not in _announced:
         _announced.add(key)
         if chosen:
@@ -77,14 +79,14 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
                 f"{num_images} images >= compile_min_images {min_images}, bfloat16 on a CPU; "
                 "the first step compiles, about a minute"
             )
-        elif device.type != "cpu":
+        elif not on_cpu:
             why = f"no measured compile mode for {device.type} yet"
-        elif not compiler:
-            why = "no C++ compiler for inductor's CPU kernels (install g++ or set CXX)"
         elif precision != "bfloat16":
             why = f"{precision} on a CPU gains ~6 % only"
-        else:
+        elif not enough_images:
             why = f"{num_images} images < compile_min_images {min_images}: compiling would not pay"
+        else:
+            why = "no C++ compiler for inductor's CPU kernels (install g++ or set CXX)"
         logger.info(f"compile auto -> {chosen} ({why}); set --compile true/false to choose.")
     return chosen
 
