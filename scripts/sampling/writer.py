@@ -73,7 +73,8 @@ def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | 
         if output_format == "pt":
             torch.save(image.clone(), temporary)
         elif output_format == "dcm":
-            _secondary_capture(image[0].numpy(), job or {}).save_as(temporary, enforce_file_format=True)
+            folder = os.path.dirname(os.path.abspath(path))
+            _secondary_capture(image[0].numpy(), job or {}, folder).save_as(temporary, enforce_file_format=True)
         else:
             pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
             options = {"quality": 95} if output_format == "jpg" else {}
@@ -83,14 +84,14 @@ def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | 
     return path
 
 
-def _secondary_capture(pixels: np.ndarray, job: dict):
-    from scripts.data.dicom import synthetic_secondary_capture
+def _secondary_capture(pixels: np.ndarray, job: dict, folder: str):
+    from scripts.data.dicom import next_instance_number, synthetic_secondary_capture
 
     study_uid, series_uid = job["study_uid"], job["series_uid"]  # one study and series per output folder
     settings = {k: job[k] for k in MANIFEST_COLUMNS if k in job and k != "file"}
     return synthetic_secondary_capture(
         pixels, study_uid, series_uid, name=str(job.get("name", "")), settings=settings,
-        instance_number=int(str(job.get("name", "0")).split("_", 1)[0] or 0) + 1,
+        instance_number=next_instance_number(folder),
         software_version=str(job.get("model_version", "")),
     )  # fmt: skip
 
