@@ -122,7 +122,8 @@ def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
     context = prepare(small, device="cpu")[3]["condition"]
     null_context = encode_ids(text_encoder, null_ids[None])[0]
     for i in range(8):
-        assert torch.allclose(context[i], null_context) == (i in dropped)
+        # a batch of 8 and a batch of 1 round differently: equal within float32 rounding of values of order 1
+        assert torch.allclose(context[i], null_context, rtol=1e-5, atol=1e-5) == (i in dropped)
 
 
 def test_kl_loss_closed_form():
