@@ -49,6 +49,10 @@ PRECISIONS = {
 #: "auto" picks bfloat16 on a probed CPU only when the probe's bf16 time is at most this fraction of its float32
 #: time: bf16 moves images a little (docs/performance.md), so it must be clearly faster, not faster by noise.
 BF16_MAX_TIME_RATIO = 0.8
+#: A probe is cached only when its ratio is conclusive: at most the first or at least the second value. In
+#: between, other work on the cores can tip the decision (a busy machine pushes the ratio towards 1), so
+#: the choice is made for this run and the next run measures again.
+CONCLUSIVE_RATIOS = (0.65, 0.95)
 #: Environment variable naming the probe's cache file (tests point it at a temporary folder).
 PRECISION_PROBE_CACHE_ENV = "CXR_LDM_PRECISION_PROBE_CACHE"
 #: The probe's work: widths of the full-size UNet's second level (configs/inference.json ``network_def``:
@@ -246,11 +250,19 @@ def cpu_probe() -> dict:
             **measure_bf16_against_float32(),
             "measured": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if not conclusive(entry["float32_ms"], entry["bfloat16_ms"]):
+            return {**entry, "cached": False, "cache_file": None}
         try:
             write_probe_entry(path, key, entry)
         except OSError as error:
             logger.warning(f"Could not cache the precision probe in {path} ({error}); the next run measures again.")
     return {**entry, "cached": False, "cache_file": str(path)}
+
+
+def conclusive(float32_ms: float, bfloat16_ms: float) -> bool:
+    """Whether a probe's ratio is far enough from the margin to be cached (``CONCLUSIVE_RATIOS``)."""
+    ratio = bfloat16_ms / float32_ms
+    return ratio <= CONCLUSIVE_RATIOS[0] or ratio >= CONCLUSIVE_RATIOS[1]
 
 
 def bf16_pays(float32_ms: float, bfloat16_ms: float) -> bool:
@@ -281,9 +293,12 @@ def choose_precision(autocast_dtype: str | None, device: str | torch.device) -> 
         ratio = record["bfloat16_ms"] / record["float32_ms"]
         probe = {**record, "ratio": ratio, "max_ratio": BF16_MAX_TIME_RATIO}
         precision = "bfloat16" if bf16_pays(record["float32_ms"], record["bfloat16_ms"]) else "float32"
-        source = "cached in" if record["cached"] else "measured now, cached in"
+        if record["cache_file"] is None:
+            source = "measured now, not cached (close to the margin: measured again next run)"
+        else:
+            source = f"{'cached in' if record['cached'] else 'measured now, cached in'} {record['cache_file']}"
         reason = (
-            f"CPU probe {source} {record['cache_file']}: float32 {record['float32_ms']:.0f} ms, bfloat16 "
+            f"CPU probe {source}: float32 {record['float32_ms']:.0f} ms, bfloat16 "
             f"{record['bfloat16_ms']:.0f} ms, ratio {ratio:.2f} {'<=' if precision == 'bfloat16' else '>'} "
             f"{BF16_MAX_TIME_RATIO}"
         )

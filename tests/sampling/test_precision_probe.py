@@ -40,19 +40,22 @@ def fake_timings(monkeypatch, float32_ms: float, bfloat16_ms: float) -> list:
 
 
 @pytest.mark.parametrize(
-    "float32_ms, bfloat16_ms, expected",
+    "float32_ms, bfloat16_ms, expected, measurements",
     [
-        (565.0, 265.0, "bfloat16"),  # AVX-512-BF16 without AMX: bf16 takes half the time
-        (100.0, 100.0 * precision.BF16_MAX_TIME_RATIO, "bfloat16"),  # at the margin
-        (100.0, 100.0 * precision.BF16_MAX_TIME_RATIO + 1, "float32"),  # faster, but within the margin
-        (300.0, 900.0, "float32"),  # emulated bf16: slower
+        (565.0, 265.0, "bfloat16", 1),  # AVX-512-BF16 without AMX: bf16 takes half the time; cached
+        (100.0, 100.0 * precision.BF16_MAX_TIME_RATIO, "bfloat16", 2),  # at the margin: not cached
+        (100.0, 100.0 * precision.BF16_MAX_TIME_RATIO + 1, "float32", 2),  # faster, but within the margin
+        (300.0, 900.0, "float32", 1),  # emulated bf16: slower; cached
     ],
 )
-def test_the_probe_picks_bf16_only_when_clearly_faster(cache_file, monkeypatch, float32_ms, bfloat16_ms, expected):
+def test_the_probe_picks_bf16_only_when_clearly_faster(
+    cache_file, monkeypatch, float32_ms, bfloat16_ms, expected, measurements
+):
     calls = fake_timings(monkeypatch, float32_ms, bfloat16_ms)
     choice = precision.choose_precision("auto", "cpu")
     assert choice.precision == expected and precision.resolve_precision("auto", "cpu") == expected
-    assert len(calls) == 1, "the second resolution read the cache"
+    assert len(calls) == measurements, "a conclusive probe is read back from the cache, a close one measured again"
+    assert cache_file.exists() == (measurements == 1)
     assert choice.probe["float32_ms"] == float32_ms and choice.probe["bfloat16_ms"] == bfloat16_ms
     assert choice.probe["ratio"] == pytest.approx(bfloat16_ms / float32_ms)
     assert choice.probe["max_ratio"] == precision.BF16_MAX_TIME_RATIO and choice.probe["cached"] is False
@@ -177,3 +180,14 @@ def test_the_probes_widths_are_the_full_size_unets():
     assert network["cross_attention_dim"] == precision.PROBE_CONTEXT_WIDTH
     assert 4 * network["channels"][0] == precision.PROBE_TIME_EMBEDDING
     assert network["norm_num_groups"] == precision.PROBE_NORM_GROUPS
+
+
+def test_a_probe_close_to_the_margin_is_not_cached(cache_file, monkeypatch, caplog):
+    """A busy machine pushes the ratio towards 1: a close call must not become this machine's lasting answer."""
+    calls = fake_timings(monkeypatch, 100.0, 85.0)
+    with caplog.at_level(logging.INFO, logger=precision.__name__):
+        assert precision.resolve_precision("auto", "cpu") == "float32"
+    assert "not cached (close to the margin" in caplog.text and not cache_file.exists()
+    calls = fake_timings(monkeypatch, 100.0, 45.0)  # the next run, on quiet cores
+    assert precision.resolve_precision("auto", "cpu") == "bfloat16" and len(calls) == 1
+    assert precision.resolve_precision("auto", "cpu") == "bfloat16" and len(calls) == 1, "conclusive: cached"
