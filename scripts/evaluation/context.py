@@ -8,6 +8,7 @@ share one computation: the FID's torchxrayvision features under the ``"xrv"`` pr
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,7 +32,7 @@ class EvaluationContext:
     """The sets of one evaluation run and the features computed from them.
 
     Args:
-        evaluation_dir: where metrics write their files (CSV, figures) and ``feature_cache/``.
+        evaluation_dir: where the evaluation writes its files (summary, report, CSV, figures, ``feature_cache/``).
         samples_dir: the generated images and their ``manifest.csv``.
         sets: the planned sample sets (``scripts.evaluation.plan.plan_sample_sets``).
         real_items: real test datalist items, loaded with ``real_transform`` as (1, H, W) in [0, 1].
@@ -40,7 +41,7 @@ class EvaluationContext:
             memorisation).
 
     Attributes:
-        by_kind: kind -> its sample set; ``generated``: ``"unconditional"`` / ``"reports"`` -> image items.
+        by_kind: kind -> its sample set.
         warnings: the summary's warnings, in the order the metrics raise them.
         figures: name -> PNG path of pictures metrics drew for the report.
     """
@@ -73,6 +74,16 @@ class EvaluationContext:
         self.figures: dict[str, str] = {}
         self._features: dict[tuple[str, str], np.ndarray] = {}
         self._random_extractors_noted = False
+
+    @functools.cached_property
+    def generated(self) -> dict[str, list[dict]]:
+        """``"unconditional"`` / ``"reports"`` -> items of their generated images (read from the sampling manifest
+        on first use: the context is built before generation)."""
+        return {
+            kind: set_files(self.by_kind[kind], self.samples_dir)
+            for kind in (UNCONDITIONAL, REPORTS)
+            if kind in self.by_kind
+        }
 
     def warn(self, text: str, once: bool = False) -> None:
         """Add ``text`` to the summary's warnings (``once``: unless it is there already)."""

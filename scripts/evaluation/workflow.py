@@ -25,8 +25,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-import torch
-
 from scripts.common.files import atomic_write_json
 from scripts.evaluation.context import EvaluationContext, load_images
 from scripts.evaluation.metrics import MS_SSIM_KERNEL_SIZE, MS_SSIM_WEIGHTS
@@ -38,51 +36,39 @@ logger = logging.getLogger(__name__)
 
 
 def run_evaluation(
-    evaluation_dir: str,
-    samples_dir: str,
-    sets: Sequence[dict],
-    real_items: Sequence[dict],
-    real_transform: Callable,
-    xrv_model,
+    context: EvaluationContext,
     metrics: Mapping[str, Mapping | None],
-    extractors: dict | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
     grid_images: int = 8,
     settings: dict | None = None,
 ) -> dict:
-    """Compute the ``metrics``, write ``summary.json``, ``report.html`` and the sample grids.
+    """Compute the ``metrics`` on ``context``, write ``summary.json``, ``report.html`` and the sample grids (the
+    first ``grid_images`` of each set) to ``context.evaluation_dir``.
 
     Args:
         metrics: metric name (``scripts.evaluation.sections.METRICS``) -> its settings (keyword arguments of its
-            function), computed in this order; the summary holds one key per metric.
-        extractors: name -> ``scripts.evaluation.extractors.FeatureExtractor`` of the fidelity, per-pathology and
-            memorisation metrics.
+            function), computed in this order; the summary holds one key per metric after ``settings`` and
+            ``warnings``.
         settings: the sampling settings recorded in the summary.
 
-    Returns the summary dict (also written to ``evaluation_dir/summary.json``).
+    Returns the summary dict (also written to ``summary.json``).
     """
-    os.makedirs(evaluation_dir, exist_ok=True)
-    context = EvaluationContext(
-        evaluation_dir, samples_dir, sets, real_items, real_transform, xrv_model, extractors, seed, batch_size, device
-    )
+    os.makedirs(context.evaluation_dir, exist_ok=True)
     summary: dict = {"settings": dict(settings or {}), "warnings": context.warnings}
-    if getattr(xrv_model, "random_weights", False):
+    if getattr(context.xrv_model, "random_weights", False):
         context.warn("torchxrayvision network has RANDOM weights: FID and adherence numbers are not meaningful.")
-    summary["settings"]["xrv_weights"] = getattr(xrv_model, "weights_source", "")
-    table_rows, sections = [], []
+    summary["settings"]["xrv_weights"] = getattr(context.xrv_model, "weights_source", "")
     for name, metric_settings in metrics.items():
-        metric = get_metric(name)
-        summary[name] = metric.compute(context, **dict(metric_settings or {}))
+        summary[name] = get_metric(name).compute(context, **dict(metric_settings or {}))
+    table_rows, sections = [], []
     for name in metrics:
         metric = get_metric(name)
         table_rows += metrics_table_rows(name, summary[name]) if metric.table else []
         sections += metric.render(summary[name], context.figures) if metric.render else []
     grids = write_grids(context, grid_images)
-    atomic_write_json(os.path.join(evaluation_dir, "summary.json"), summary)
-    write_html_report(context.warnings, table_rows, sections, grids, os.path.join(evaluation_dir, "report.html"))
-    logger.info("Evaluation written to %s (summary.json, report.html)", evaluation_dir)
+    atomic_write_json(os.path.join(context.evaluation_dir, "summary.json"), summary)
+    report_path = os.path.join(context.evaluation_dir, "report.html")
+    write_html_report(context.warnings, table_rows, sections, grids, report_path)
+    logger.info("Evaluation written to %s (summary.json, report.html)", context.evaluation_dir)
     return summary
 
 
