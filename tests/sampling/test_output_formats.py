@@ -61,8 +61,10 @@ def test_an_unregistered_format_is_refused_naming_the_registered_ones(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_settings_check_accepts_exactly_the_registered_formats():
-    """``scripts.sampling.settings`` keeps its own tuple of format names: it must not drift from the registry."""
-    from scripts.sampling.settings import OUTPUT_FORMATS as ACCEPTED_FORMATS
+def test_the_settings_check_accepts_exactly_the_registered_formats(text_format):
+    """The command line's check reads the registry: a registered format passes, an unregistered one is refused."""
+    from scripts.sampling.settings import SettingsError, check_settings
 
-    assert tuple(ACCEPTED_FORMATS) == tuple(OUTPUT_FORMATS)
+    check_settings(output_format="txt", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
+    with pytest.raises(SettingsError, match=r"choose one of \['dcm', 'jpg', 'png', 'pt', 'txt'\]"):
+        check_settings(output_format="bmp", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
