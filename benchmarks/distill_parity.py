@@ -280,14 +280,20 @@ def evaluate(
     }
 
 
-def time_full_size(timed_steps: int, repeats: int) -> dict:
-    """Seconds per image at full size: reference recipe, default, student at 4 LCM steps (decoder apart)."""
+def time_full_size(
+    timed_steps: int | None, repeats: int, device: str = "cpu", config_files=(INFERENCE_CONFIG,)
+) -> dict:
+    """Seconds per image at full size: reference recipe, default, student at 4 LCM steps (decoder apart).
+
+    ``timed_steps`` None times whole runs; ``config_files`` (the full-size inference config) can take an
+    overlay, e.g. the tiny one for a quick check of this function.
+    """
     from scripts.networks.compilation import resolve_compile
     from scripts.networks.precision import resolve_precision
 
-    device = torch.device("cpu")
-    parser = load_parser(INFERENCE_CONFIG, {})
-    student_parser = load_parser(INFERENCE_CONFIG, {"guidance_scale": 1.0})
+    device = torch.device(device)
+    parser = load_parser(list(config_files), {})
+    student_parser = load_parser(list(config_files), {"guidance_scale": 1.0})
     networks, sources = build_networks(parser, device)
     student = networks["network"]  # a full-size student has the teacher's class: timing does not depend on weights
     default = {key: parser[key] for key in REFERENCE}
@@ -410,7 +416,7 @@ def main(
 if __name__ == "__main__":
     import fire
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread per process wastes less time waiting
 
     def cli(**kwargs) -> None:
         main(**kwargs)
