@@ -120,7 +120,7 @@ def distil(
         "batch_size": batch_size,
         "lr": lr,
         "training_images": len(parser.get_parsed_content("train#datalist")),
-        "last_loss": None if losses is None else float(losses),
+        "last_loss": None if losses is None else float(losses.detach()),
     }
 
 
