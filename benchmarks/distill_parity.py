@@ -6,7 +6,8 @@ compare the student's few-step images with the teacher's.
    ``minutes``; the student is the run's ``model_final.pt`` (the target network).
 2. Parity: from the same noise and text, the distance of the student at 2, 4 and 8 steps to the teacher's
    DDIM-200 (latent / pixel RMSE, relative DenseNet feature distance: ``sampling_benchmark``'s measures),
-   next to the teacher's DDIM-50 and default (unipc_karras-20), all guided at the config's scale.
+   next to the teacher's DDIM-50 and default (unipc_karras-20), all guided at the config's scale, and next
+   to the control: the teacher's own weights sampled as a student ("undistilled", where distillation starts).
 3. Distribution: KID on DenseNet-121 features between the student's images and a set of the teacher's
    (default sampler), next to the KID between two sets of the teacher's own images with different seeds
    (the floor: what sampling noise alone gives).
@@ -217,6 +218,10 @@ def evaluate(
     def student_sample(steps, prompts, seeds):
         return _sample(student_parser, student_networks, f"lcm-{steps}", prompts, seeds, densenet)
 
+    def undistilled_sample(steps, prompts, seeds):
+        """The control: the teacher's own weights sampled as a student (where distillation starts)."""
+        return _sample(student_parser, teacher_networks, f"lcm-{steps}", prompts, seeds, densenet)
+
     # parity: the same noise and text as the teacher's DDIM-200; prompts not used in training
     _, prompts = synthetic_set(parity_images, image_size, seed=seed + 1000)
     seeds = [seed + i for i in range(parity_images)]
@@ -228,6 +233,10 @@ def evaluate(
     for steps in STUDENT_STEPS:
         result = student_sample(steps, prompts, seeds)
         distances[f"student lcm-{steps}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
+        result = undistilled_sample(steps, prompts, seeds)
+        distances[f"undistilled lcm-{steps}"] = _with_spread(
+            reference[1], result[1], parity_distances(result, reference)
+        )
 
     # distribution: student (seeds B) and teacher (seeds B) each against the teacher with seeds A
     _, prompts = synthetic_set(kid_images, image_size, seed=seed + 2000)
@@ -235,18 +244,22 @@ def evaluate(
     seeds_b = [seed + 20_000 + i for i in range(kid_images)]
     default = TEACHER_SAMPLERS[-1]
     teacher_a = teacher(default, prompts, seeds_a)[2]
-    # features standardised by the teacher set's per-dimension mean and std: the cubic kernel of KID is not
-    # scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow it
-    mean, std = teacher_a.mean(dim=0), teacher_a.std(dim=0).clamp(min=1e-6)
+    # features centred on the teacher set's mean and divided by one scale, its RMS deviation: KID's cubic
+    # kernel is not scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow
+    # it (one scale for all dimensions: a per-dimension one blows up the nearly constant ones)
+    mean = teacher_a.mean(dim=0)
+    scale = (teacher_a - mean).pow(2).mean().sqrt().clamp(min=1e-12)
 
     def standardised(features):
-        return ((features - mean) / std).double()
+        return ((features - mean) / scale).double()
 
     floor = kid(standardised(teacher_a), standardised(teacher(default, prompts, seeds_b)[2]), seed=seed)
     kids = {"teacher vs teacher (floor)": floor}
     for steps in STUDENT_STEPS:
         features = standardised(student_sample(steps, prompts, seeds_b)[2])
         kids[f"student lcm-{steps} vs teacher"] = kid(standardised(teacher_a), features, seed=seed)
+    features = standardised(undistilled_sample(ADHERENCE_STEPS, prompts, seeds_b)[2])
+    kids[f"undistilled lcm-{ADHERENCE_STEPS} vs teacher"] = kid(standardised(teacher_a), features, seed=seed)
     for value in kids.values():
         value["ratio_to_floor"] = value["kid_mean"] / floor["kid_mean"] if floor["kid_mean"] > 0 else None
 
@@ -256,6 +269,7 @@ def evaluate(
     for label, parser, networks, entry in [
         (f"teacher {default}", teacher_parser, teacher_networks, default),
         (f"student lcm-{ADHERENCE_STEPS}", student_parser, student_networks, f"lcm-{ADHERENCE_STEPS}"),
+        (f"undistilled lcm-{ADHERENCE_STEPS}", student_parser, teacher_networks, f"lcm-{ADHERENCE_STEPS}"),
     ]:
         images = {
             prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None)[1]
@@ -398,7 +412,10 @@ def main(
     report: dict = {"device": device_name(torch.device("cpu")), "teacher": str(model_dir)}
     if student is None:
         report["distillation"] = distil(model_dir, work, minutes, num_subjects, batch_size, lr, seed)
+        atomic_write_json(str(work / "student" / "distillation.json"), report["distillation"])
         student = report["distillation"]["student"]
+    elif (Path(student).parent / "distillation.json").is_file():  # a student this benchmark distilled before
+        report["distillation"] = json.loads((Path(student).parent / "distillation.json").read_text())
     report["student"] = str(student)
     started = time.time()
     report.update(evaluate(model_dir, student, parity_images, kid_images, adherence_images, seed, xrv_weights))
