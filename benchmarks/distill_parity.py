@@ -188,6 +188,8 @@ def evaluate(
     adherence_images: int,
     seed: int,
     xrv_weights: str | None,
+    parts=("parity", "kid", "following"),
+    kid_subset_size: int = 128,
 ) -> dict:
     from benchmarks.parity_model import synthetic_set
     from scripts.evaluation import xrv
@@ -222,76 +224,88 @@ def evaluate(
         """The control: the teacher's own weights sampled as a student (where distillation starts)."""
         return _sample(student_parser, teacher_networks, f"lcm-{steps}", prompts, seeds, densenet)
 
-    # parity: the same noise and text as the teacher's DDIM-200; prompts not used in training
-    _, prompts = synthetic_set(parity_images, image_size, seed=seed + 1000)
-    seeds = [seed + i for i in range(parity_images)]
-    reference = teacher(TEACHER_REFERENCE, prompts, seeds)
-    distances = {}
-    for entry in TEACHER_SAMPLERS:
-        result = teacher(entry, prompts, seeds)
-        distances[f"teacher {entry}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
-    for steps in STUDENT_STEPS:
-        result = student_sample(steps, prompts, seeds)
-        distances[f"student lcm-{steps}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
-        result = undistilled_sample(steps, prompts, seeds)
-        distances[f"undistilled lcm-{steps}"] = _with_spread(
-            reference[1], result[1], parity_distances(result, reference)
-        )
-
-    # distribution: student (seeds B) and teacher (seeds B) each against the teacher with seeds A
-    _, prompts = synthetic_set(kid_images, image_size, seed=seed + 2000)
-    seeds_a = [seed + 10_000 + i for i in range(kid_images)]
-    seeds_b = [seed + 20_000 + i for i in range(kid_images)]
+    report: dict = {}
     default = TEACHER_SAMPLERS[-1]
-    teacher_a = teacher(default, prompts, seeds_a)[2]
-    # features centred on the teacher set's mean and divided by one scale, its RMS deviation: KID's cubic
-    # kernel is not scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow
-    # it (one scale for all dimensions: a per-dimension one blows up the nearly constant ones)
-    mean = teacher_a.mean(dim=0)
-    scale = (teacher_a - mean).pow(2).mean().sqrt().clamp(min=1e-12)
-
-    def standardised(features):
-        return ((features - mean) / scale).double()
-
-    floor = kid(standardised(teacher_a), standardised(teacher(default, prompts, seeds_b)[2]), seed=seed)
-    kids = {"teacher vs teacher (floor)": floor}
-    for steps in STUDENT_STEPS:
-        features = standardised(student_sample(steps, prompts, seeds_b)[2])
-        kids[f"student lcm-{steps} vs teacher"] = kid(standardised(teacher_a), features, seed=seed)
-    features = standardised(undistilled_sample(ADHERENCE_STEPS, prompts, seeds_b)[2])
-    kids[f"undistilled lcm-{ADHERENCE_STEPS} vs teacher"] = kid(standardised(teacher_a), features, seed=seed)
-    for value in kids.values():
-        value["ratio_to_floor"] = value["kid_mean"] / floor["kid_mean"] if floor["kid_mean"] > 0 else None
-
-    # prompt following: each finding prompt and the no-finding prompt, the same seeds for all
-    seeds = [seed + 30_000 + i for i in range(adherence_images)]
-    following = {}
-    for label, parser, networks, entry in [
-        (f"teacher {default}", teacher_parser, teacher_networks, default),
-        (f"student lcm-{ADHERENCE_STEPS}", student_parser, student_networks, f"lcm-{ADHERENCE_STEPS}"),
-        (f"undistilled lcm-{ADHERENCE_STEPS}", student_parser, teacher_networks, f"lcm-{ADHERENCE_STEPS}"),
-    ]:
-        images = {
-            prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None)[1]
-            for prompt in [*FINDINGS, NO_FINDING]
-        }
-        following[label] = prompt_following(images)
-    return {
-        "parity": {
+    if "parity" in parts:
+        # parity: the same noise and text as the teacher's DDIM-200; prompts not used in training
+        _, prompts = synthetic_set(parity_images, image_size, seed=seed + 1000)
+        seeds = [seed + i for i in range(parity_images)]
+        reference = teacher(TEACHER_REFERENCE, prompts, seeds)
+        distances = {}
+        for entry in TEACHER_SAMPLERS:
+            result = teacher(entry, prompts, seeds)
+            distances[f"teacher {entry}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
+        for steps in STUDENT_STEPS:
+            result = student_sample(steps, prompts, seeds)
+            distances[f"student lcm-{steps}"] = _with_spread(
+                reference[1], result[1], parity_distances(result, reference)
+            )
+            result = undistilled_sample(steps, prompts, seeds)
+            distances[f"undistilled lcm-{steps}"] = _with_spread(
+                reference[1], result[1], parity_distances(result, reference)
+            )
+        report["parity"] = {
             "reference": f"teacher {TEACHER_REFERENCE}",
             "num_images": parity_images,
             "guidance_scale": float(teacher_parser["guidance_scale"]),
             "feature_network": densenet.weights_source,
             "distances": distances,
-        },
-        "kid": {
+        }
+
+    if "kid" in parts:
+        # distribution: student (seeds B) and teacher (seeds B) each against the teacher with seeds A
+        _, prompts = synthetic_set(kid_images, image_size, seed=seed + 2000)
+        seeds_a = [seed + 10_000 + i for i in range(kid_images)]
+        seeds_b = [seed + 20_000 + i for i in range(kid_images)]
+        teacher_a = teacher(default, prompts, seeds_a)[2]
+        # features centred on the teacher set's mean and divided by one scale, its RMS deviation: KID's cubic
+        # kernel is not scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow
+        # it (one scale for all dimensions: a per-dimension one blows up the nearly constant ones)
+        mean = teacher_a.mean(dim=0)
+        scale = (teacher_a - mean).pow(2).mean().sqrt().clamp(min=1e-12)
+
+        def standardised(features):
+            return ((features - mean) / scale).double()
+
+        kid_args = {"seed": seed, "subset_size": kid_subset_size}
+        floor = kid(standardised(teacher_a), standardised(teacher(default, prompts, seeds_b)[2]), **kid_args)
+        kids = {"teacher vs teacher (floor)": floor}
+        for steps in STUDENT_STEPS:
+            features = standardised(student_sample(steps, prompts, seeds_b)[2])
+            kids[f"student lcm-{steps} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
+        features = standardised(undistilled_sample(ADHERENCE_STEPS, prompts, seeds_b)[2])
+        kids[f"undistilled lcm-{ADHERENCE_STEPS} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
+        for value in kids.values():
+            value["ratio_to_floor"] = value["kid_mean"] / floor["kid_mean"] if floor["kid_mean"] > 0 else None
+            value["above_floor"] = value["kid_mean"] - floor["kid_mean"]
+        report["kid"] = {
             "num_images": kid_images,
             "teacher_sampler": default,
             "feature_network": densenet.weights_source,
+            "features": "centred on the teacher set (seeds A) and divided by its RMS deviation",
             "sets": kids,
-        },
-        "prompt_following": {"num_images_per_prompt": adherence_images, "no_finding_prompt": NO_FINDING, **following},
-    }
+        }
+
+    if "following" in parts:
+        # prompt following: each finding prompt and the no-finding prompt, the same seeds for all
+        seeds = [seed + 30_000 + i for i in range(adherence_images)]
+        following = {}
+        for label, parser, networks, entry in [
+            (f"teacher {default}", teacher_parser, teacher_networks, default),
+            (f"student lcm-{ADHERENCE_STEPS}", student_parser, student_networks, f"lcm-{ADHERENCE_STEPS}"),
+            (f"undistilled lcm-{ADHERENCE_STEPS}", student_parser, teacher_networks, f"lcm-{ADHERENCE_STEPS}"),
+        ]:
+            images = {
+                prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None)[1]
+                for prompt in [*FINDINGS, NO_FINDING]
+            }
+            following[label] = prompt_following(images)
+        report["prompt_following"] = {
+            "num_images_per_prompt": adherence_images,
+            "no_finding_prompt": NO_FINDING,
+            **following,
+        }
+    return report
 
 
 def time_full_size(
@@ -391,6 +405,8 @@ def main(
     repeats: int = 1,
     xrv_weights: str | None = None,
     seed: int = 0,
+    parts=("parity", "kid", "following"),
+    kid_subset_size: int = 128,
     output_json: str = "docs/distillation_parity.json",
 ) -> dict:
     """Distil the parity model (unless ``student`` names a distilled one), measure, write ``output_json``.
@@ -406,10 +422,16 @@ def main(
         timed_steps, repeats: as ``sampling_benchmark`` (steps timed per run, timed runs after a warm-up).
         xrv_weights: torchxrayvision DenseNet weights (random weights without: distances between sets still
             compare, absolute values mean little).
+        parts: which comparisons to run ("parity", "kid", "following"); with fewer than all, the others are
+            kept from an existing ``output_json``.
+        kid_subset_size: images per KID subset (100 subsets; the mean and spread over them are reported).
     """
     torch.manual_seed(seed)
     model_dir, work = Path(parity_model_dir), Path(work_dir)
     report: dict = {"device": device_name(torch.device("cpu")), "teacher": str(model_dir)}
+    parts = tuple(parts) if isinstance(parts, (list, tuple)) else (parts,)
+    if set(parts) != {"parity", "kid", "following"} and Path(output_json).is_file():
+        report = {**json.loads(Path(output_json).read_text()), **report}
     if student is None:
         report["distillation"] = distil(model_dir, work, minutes, num_subjects, batch_size, lr, seed)
         atomic_write_json(str(work / "student" / "distillation.json"), report["distillation"])
@@ -418,7 +440,11 @@ def main(
         report["distillation"] = json.loads((Path(student).parent / "distillation.json").read_text())
     report["student"] = str(student)
     started = time.time()
-    report.update(evaluate(model_dir, student, parity_images, kid_images, adherence_images, seed, xrv_weights))
+    report.update(
+        evaluate(
+            model_dir, student, parity_images, kid_images, adherence_images, seed, xrv_weights, parts, kid_subset_size
+        )
+    )
     report["evaluation_seconds"] = round(time.time() - started, 1)
     if full_size_timing:
         report["full_size_timing"] = time_full_size(timed_steps, repeats)
