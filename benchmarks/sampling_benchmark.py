@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 from scripts.networks.compilation import resolve_compile
-from scripts.networks.precision import bf16_native, resolve_precision
+from scripts.networks.precision import bf16_native, choose_precision, cpu_flags, cpu_model
 from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 PROMPT = "Big right-sided pleural effusion"
@@ -153,35 +152,33 @@ def _timed(function, device: torch.device, repeats: int) -> tuple[float, object,
     return statistics.median(seconds), result, first_s
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    amx = "AMX bf16" if bf16_native("cpu") else "no AMX bf16"
-    return f"CPU {cpu_model()} ({amx}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    flags = cpu_flags()
+    bf16 = "AMX bf16" if bf16_native("cpu") else "AVX-512-BF16, no AMX" if "avx512_bf16" in flags else "no AMX bf16"
+    return f"CPU {cpu_model()} ({bf16}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def capabilities(device: torch.device) -> dict:
-    """What decides the default's speed here: the processor, native bf16 (AMX on a CPU), threads, torch."""
+    """What decides the default's speed here: the processor and its bf16 instructions (AMX tiles; AVX-512-BF16
+    from ``/proc/cpuinfo``; the widest vector instructions torch dispatches to), threads, torch."""
     return {
         "device": device_name(device),
         "cpu_model": cpu_model(),
         "native_bf16": bf16_native(device),
         "amx_bf16": bf16_native("cpu"),
+        "avx512_bf16": "avx512_bf16" in cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+
+
+def precision_report(choice) -> dict:
+    """How the default's precision was chosen (``scripts.networks.precision.PrecisionChoice``) as JSON."""
+    return {"setting": choice.setting, "precision": choice.precision, "reason": choice.reason, "probe": choice.probe}
 
 
 def random_text_encoder(width: int):
@@ -505,6 +502,14 @@ def lever_recipes(default: dict) -> list[tuple[str, dict]]:
 
 def print_tables(report: dict) -> None:
     print(f"device: {report['device']}")
+    capability = report["capabilities"]
+    print(
+        f"CPU: {capability['cpu_model']}, AMX bf16 {'yes' if capability['amx_bf16'] else 'no'}, "
+        f"AVX-512-BF16 {'yes' if capability['avx512_bf16'] else 'no'}, torch CPU capability "
+        f"{capability['cpu_capability']}"
+    )
+    choice = report["precision"]
+    print(f"precision: autocast_dtype {choice['setting']} -> {choice['precision']} ({choice['reason']})")
     if "timing" in report:
         t = report["timing"]
         print(
@@ -619,7 +624,10 @@ def main(
         "command_overrides": overrides,
     }
     default = {key: parser[key] for key in SWITCHES}
-    default["autocast_dtype"] = resolve_precision(default["autocast_dtype"], device)  # "auto" -> this machine's
+    # "auto" -> this machine's precision, the way a sampling run resolves it (the CPU probe included)
+    precision_choice = choose_precision(default["autocast_dtype"], device)
+    report["precision"] = precision_report(precision_choice)
+    default["autocast_dtype"] = precision_choice.precision
     default["compile"] = resolve_compile(
         default["compile"], device, default["autocast_dtype"], run_images, parser["compile_min_images"]
     )
@@ -702,10 +710,10 @@ def main(
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
 
-    def cli(**kwargs) -> None:
-        main(**kwargs)
-
-    cli.__doc__ = main.__doc__
-    fire.Fire(cli)
+    # main's **overrides would take --help for a config key and run the whole benchmark: ask fire for help
+    arguments = ["--", "--help"] if {"--help", "-h"} & set(sys.argv[1:]) else sys.argv[1:]
+    fire.Fire(main, command=arguments, serialize=lambda report: None)

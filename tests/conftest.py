@@ -2,12 +2,14 @@
 
 Helpers live in ``tests/helpers`` (imported as ``helpers.<module>``); this file holds only fixtures.
 Nothing here downloads: the tiny networks are built from the bundle's configs with the overlay
-``tests/configs/tiny_inference.json`` and random weights.
+``tests/configs/tiny_inference.json`` and random weights. Nothing writes to the user's cache folder: the CPU
+precision probe caches in a temporary file (its own tests point it at their own).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,15 @@ def prepared_synthetic_dir(tmp_path_factory) -> Path:
     from helpers.data import make_prepared_synthetic
 
     return make_prepared_synthetic(tmp_path_factory.mktemp("prepared_synthetic"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_probe_cache(tmp_path_factory) -> Iterator[Path]:
+    """The session's precision probe cache file, instead of ``~/.cache/cxr-ldm/precision_probe.json``; set in
+    the environment, so command-line runs started by tests use it too."""
+    from scripts.networks.precision import PRECISION_PROBE_CACHE_ENV
+
+    path = tmp_path_factory.mktemp("precision_probe") / "precision_probe.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PRECISION_PROBE_CACHE_ENV, str(path))
+        yield path

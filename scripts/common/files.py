@@ -9,6 +9,7 @@ final name. Temporary names keep the final extension (libraries choose the forma
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -60,6 +61,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 def atomic_write_json(path: str | os.PathLike, data, indent: int = 2) -> str:
     """Write ``data`` as JSON (with a final newline) to ``path`` atomically; return ``path``."""
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def locked_file(path: str | os.PathLike) -> Iterator[int]:
+    """Open (creating) ``path`` read-write and hold an exclusive lock on it; yield the file descriptor.
+
+    Processes that lock the same file (ranks of one run, two runs into one folder) take turns; the lock goes
+    with the process if it dies.
+    """
+    descriptor = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield descriptor
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def remove_leftovers(folder: str | os.PathLike) -> int:

@@ -1,16 +1,19 @@
 """DICOM in and out: reading hospital radiographs, and writing generated images as synthetic Secondary Capture.
 
 Reading (``read_radiograph``) follows the standard's display pipeline with pydicom's own functions: the
-Modality LUT (rescale slope / intercept, or a Modality LUT Sequence), then the VOI LUT (a VOI LUT Sequence
-or the first Window Center / Width), mapped onto [0, 1] by the output range of that VOI transform;
-without a VOI transform the image's own minimum and maximum are stretched to [0, 1]. MONOCHROME1 images
-are inverted so that 1 is always white (bone). Rows and columns stay as stored: the top-left pixel of the
-file is the top-left pixel of the result.
+Modality LUT (rescale slope / intercept, or a Modality LUT Sequence), then the VOI transform, mapped onto
+[0, 1] by that transform's own output range: a VOI LUT Sequence (preferred when a window is present too)
+by 0 .. 2^n - 1 of its LUT Descriptor's n bits, or the first Window Center / Width by the window's output
+range; without a VOI transform the image's own minimum and maximum are stretched to [0, 1]. MONOCHROME1
+images, and MONOCHROME2 images with Presentation LUT Shape INVERSE, are inverted so that 1 is always white
+(bone). Rows and columns stay as stored: the top-left pixel of the file is the top-left pixel of the result.
 
 Writing (``synthetic_secondary_capture``) builds a Secondary Capture Image (highdicom) whose Conversion
 Type is ``SYN`` (synthetic image), Image Type ``DERIVED\\SECONDARY``, MONOCHROME2, 16 bits: the model's
 float output in [0, 1] is stored as round(65535 · x), 256 times finer than an 8-bit PNG (a PNG value is
-round(255 · x)), with a full-range window for viewers.
+round(255 · x)), with a full-range window for viewers. Text is UTF-8 (Specific Character Set ``ISO_IR 192``),
+so prompts in any script round-trip; Instance Numbers are unique within an output folder's series
+(``next_instance_number``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 #: Largest stored value of a written image (16 bits).
 STORED_MAX = 65535
 SYNTHETIC_PATIENT_NAME = "SYNTHETIC^CXR-LDM"
+#: Specific Character Set of every written object: UTF-8, so prompts in any script survive.
+CHARACTER_SET = "ISO_IR 192"
+#: Hidden file in an output folder holding the last Instance Number given out in its series.
+INSTANCE_COUNTER = ".dicom_instance_number"
 
 
 class DicomError(CxrLdmError, ValueError):
@@ -89,18 +96,73 @@ def read_radiograph(path: str, view_positions: tuple[str, ...] | None = None) ->
     if view_positions and view and view not in {v.upper() for v in view_positions}:
         raise DicomError(f"'{path}' is a {view} view, not one of {list(view_positions)}.")
     values = apply_modality_lut(_pixels(ds, path), ds).astype(np.float64)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
-        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        # the VOI transform's own output range (what its darkest and brightest inputs map to)
-        extremes = apply_voi_lut(np.array([[-1e12, 1e12]]), ds, index=0).astype(np.float64)
+    if _has_voi_lut_sequence(ds, path):
+        values, (low, high) = _apply_voi_lut_sequence(values, ds)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=False).astype(np.float64)
+        # the window's own output range (what its darkest and brightest inputs map to)
+        with np.errstate(over="ignore"):  # a SIGMOID window's exp overflows at the extremes, as it should
+            extremes = apply_voi_lut(np.array([[-1e12, 1e12]]), ds, index=0, prefer_lut=False).astype(np.float64)
         low, high = float(extremes.min()), float(extremes.max())
     else:
         low, high = float(values.min()), float(values.max())
     image = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+    if _displayed_inverted(ds):
         image = 1.0 - image
     return image
+
+
+def _has_voi_lut_sequence(ds, path: str) -> bool:
+    """Whether the first item of the VOI LUT Sequence holds a usable LUT. A VOI LUT Sequence is preferred to a
+    window when both are present, as pydicom and most viewers do."""
+    sequence = ds.get("VOILUTSequence")
+    if not sequence or sequence[0].get("LUTDescriptor") is None or sequence[0].get("LUTData") is None:
+        return False
+    bits = int(sequence[0].LUTDescriptor[2])
+    if bits != 8 and not 10 <= bits <= 16:
+        raise DicomError(f"'{path}' has a VOI LUT of {bits} bits per entry; the standard allows 8 or 10-16.")
+    return True
+
+
+def _apply_voi_lut_sequence(values: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float]]:
+    """``values`` (the Modality LUT's output) through the first VOI LUT of ``ds``, and that LUT's output range.
+
+    Inputs below the first mapped value take the first entry and inputs past the last entry take the last
+    (PS3.3 C.11.2.1.1). The output range is 0 .. 2^n - 1, n the LUT Descriptor's bits per entry (widened to
+    the table when a file's entries exceed what its descriptor declares).
+    """
+    entries, first_mapped, bits = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
+    entries = entries or 2**16  # 0 means 65536 entries
+    table = _lut_entries(ds, entries)
+    # indexed here: pydicom's apply_voi indexes through an array of the output's type, which wraps the
+    # inputs of an 8-bit LUT with more than 256 entries
+    indices = np.clip(np.round(values) - first_mapped, 0, entries - 1).astype(np.int64)
+    high = float(2**bits - 1)
+    if float(table.max()) > high:
+        high = float(2 ** int(np.ceil(np.log2(float(table.max()) + 1))) - 1)
+    return table[indices].astype(np.float64), (0.0, high)
+
+
+def _lut_entries(ds, entries: int) -> np.ndarray:
+    """The ``entries`` values of the first VOI LUT's LUT Data (US, SS, or OW words in the file's byte order)."""
+    element = ds.VOILUTSequence[0]["LUTData"]
+    if element.VR == "OW" or isinstance(element.value, bytes):
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        little = syntax.is_little_endian if syntax is not None else True
+        table = np.frombuffer(element.value, dtype="<u2" if little else ">u2")
+    else:
+        table = np.asarray(element.value if element.VM > 1 else [element.value], dtype=np.int64)
+    if len(table) < entries:
+        raise DicomError(f"'{ds.filename}' has a VOI LUT of {len(table)} entries; its descriptor says {entries}.")
+    return table[:entries].astype(np.int64)
+
+
+def _displayed_inverted(ds) -> bool:
+    """Whether the lowest output value is shown white: MONOCHROME1, or a MONOCHROME2 image whose Presentation LUT
+    Shape is INVERSE. (DX objects pair MONOCHROME1 with INVERSE: one inversion, not two.)"""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    shape = str(ds.get("PresentationLUTShape", "") or "").upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
 def is_dicom(path: str) -> bool:
@@ -122,6 +184,43 @@ def run_uids(output_dir: str) -> tuple[str, str]:
 
     folder = os.path.abspath(os.fspath(output_dir))
     return generate_uid(entropy_srcs=[folder, "study"]), generate_uid(entropy_srcs=[folder, "series"])
+
+
+def next_instance_number(folder: str) -> int:
+    """A new Instance Number (1-based) for an image written to ``folder``, unique within the folder's series.
+
+    The last number given out is kept in ``folder/.dicom_instance_number`` under a file lock, so ranks writing
+    side by side, resumed runs and other commands adding to the same folder (one series per folder) never
+    repeat a number. Without a readable counter (a folder written before it existed), counting starts after
+    the highest Instance Number of the ``.dcm`` files already there.
+    """
+    from scripts.common.files import locked_file
+
+    os.makedirs(folder, exist_ok=True)
+    with locked_file(os.path.join(folder, INSTANCE_COUNTER)) as descriptor:
+        text = os.read(descriptor, 64).decode("ascii", errors="replace").strip()
+        last = int(text) if text.isdigit() else highest_instance_number(folder)
+        number = last + 1
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{number}\n".encode("ascii"))
+    return number
+
+
+def highest_instance_number(folder: str) -> int:
+    """The highest Instance Number among the ``.dcm`` files directly in ``folder`` (0 when there are none)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    highest = 0
+    for entry in os.scandir(folder):
+        if entry.is_file() and entry.name.lower().endswith(".dcm"):
+            try:
+                header = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=["InstanceNumber"])
+                highest = max(highest, int(header.get("InstanceNumber", 0) or 0))
+            except (InvalidDicomError, OSError, ValueError, TypeError, EOFError):
+                continue  # not a DICOM object, or torn: it holds no number to avoid
+    return highest
 
 
 def synthetic_secondary_capture(
@@ -170,6 +269,7 @@ def synthetic_secondary_capture(
         patient_orientation=("L", "F"),  # displayed like a PA film: columns run to the patient's left, rows to the feet
         series_description="Synthetic chest X-ray (cxr-ldm)",
     )
+    ds.SpecificCharacterSet = CHARACTER_SET
     ds.ConversionType = "SYN"
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Modality = "OT"

@@ -213,6 +213,22 @@ def open_output(output: Path, settings: dict) -> None:
     remove_leftovers(output)
 
 
+def claim_output(claimed: dict[str, str], relative: str, source: str) -> None:
+    """Record that ``source`` is written to ``relative``; two sources for one output are an error, not an
+    overwrite. Names are compared case-insensitively, as some file systems do.
+
+    Raises:
+        PreparationError: another source already claimed ``relative``.
+    """
+    key = relative.casefold()
+    if key in claimed and claimed[key] != source:
+        raise PreparationError(
+            f"{claimed[key]} and {source} would both be written to '{relative}': nothing was written; "
+            "rename or remove one of them (or its table row) and run again."
+        )
+    claimed[key] = source
+
+
 def write_results(
     output: Path, items: dict, results: list[tuple[str, str]], skipped: list[tuple[str, str]], counts: Counter
 ) -> dict:
@@ -315,7 +331,7 @@ def prepare(
     counts: Counter = Counter()
     sentences_of: dict[int, list[str]] = {}
     problem_of: dict[int, str] = {}  # study_id -> why its images are skipped
-    tasks, items = [], {}
+    tasks, items, claimed = [], {}, {}
     for row in images.itertuples(index=False):
         if row.study_id not in sentences_of:
             text = source.read(row.subject_id, row.study_id)
@@ -332,6 +348,9 @@ def prepare(
             skipped.append((row.dicom_id, problem_of[row.study_id]))
             continue
         relative = image_path(row.subject_id, row.study_id, row.dicom_id, image_format)
+        claim_output(claimed, relative, f"image {row.dicom_id!r} of subject {row.subject_id}, study {row.study_id}")
+        if relative in items:  # the same image listed twice by the tables: prepared once
+            continue
         items[relative] = {
             "image": relative,
             "sentences": sentences_of[row.study_id],

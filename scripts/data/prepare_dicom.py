@@ -19,6 +19,11 @@ Every file under ``dicom_dir`` is tried. Images are read through their Modality 
 inverted, orientation kept as stored (``scripts.data.dicom``). Files that are not one frontal radiograph
 (another View Position, no pixel data, multi-frame, another modality, unreadable, compressed without a
 decoder) and images without a table row or usable report are skipped, counted and listed with the reason.
+
+Each file is written to ``images/<its path under dicom_dir>.<jpg|png>``, a ``.dcm``/``.dicom`` extension
+replaced: ``p1/a.dcm`` -> ``images/p1/a.jpg``, and a PACS export named by SOP Instance UID keeps its whole
+name (``1.2.3.17`` -> ``images/1.2.3.17.jpg``). Two files that would still share an output name (``a`` and
+``a.dcm``, or names differing only in case) stop the preparation before anything is written.
 """
 
 from __future__ import annotations
@@ -35,12 +40,31 @@ from pathlib import Path
 
 from scripts.common.files import is_temporary
 from scripts.data.dicom import DicomError, read_dataset
-from scripts.data.prepare import PreparationError, open_output, run_image_tasks, write_results, write_summary
+from scripts.data.prepare import (
+    PreparationError,
+    claim_output,
+    open_output,
+    run_image_tasks,
+    write_results,
+    write_summary,
+)
 from scripts.data.report_sections import report_sentences_with_fallback
 
 SPLITS = {"train": "training", "training": "training", "validate": "validation", "validation": "validation"}
 SPLITS["test"] = "test"
 TABLE_KEYS = ("file", "sop_instance_uid")
+#: Source extensions replaced by the image format's; any other name keeps its full name (``<uid>.17`` ->
+#: ``<uid>.17.jpg``: the last component of a UID-named file is not an extension).
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+def prepared_image_path(relative_source: str, image_format: str) -> str:
+    """``images/<source path>.<image_format>`` for a DICOM file at ``relative_source`` (POSIX, under the
+    DICOM folder), with a ``.dcm`` / ``.dicom`` extension replaced rather than kept."""
+    stem = relative_source
+    if stem.lower().endswith(DICOM_EXTENSIONS):
+        stem = stem[: stem.rindex(".")]
+    return f"images/{stem}.{image_format}"
 
 
 def read_reports_table(path: str) -> tuple[str, dict[str, dict]]:
@@ -110,7 +134,7 @@ def prepare_dicom(
 
     skipped: list[tuple[str, str]] = []
     counts: Counter = Counter()
-    items, tasks = {}, []
+    items, tasks, claimed = {}, [], {}
     files = sorted(p for p in root.rglob("*") if p.is_file() and not is_temporary(p))
     for path in files:
         relative_source = path.relative_to(root).as_posix()
@@ -131,7 +155,8 @@ def prepare_dicom(
             skipped.append((relative_source, "report has no usable text"))
             counts["reports_without_sections"] += 1
             continue
-        relative = f"images/{Path(relative_source).with_suffix('.' + image_format).as_posix()}"
+        relative = prepared_image_path(relative_source, image_format)
+        claim_output(claimed, relative, f"'{relative_source}'")
         items[relative] = {
             "image": relative,
             "sentences": sentences,

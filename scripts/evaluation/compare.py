@@ -17,7 +17,7 @@ from scripts.common.files import atomic_write_json
 from scripts.evaluation import extractors as extractors_lib
 from scripts.evaluation import fidelity, xrv
 from scripts.evaluation.fid import items_for
-from scripts.evaluation.workflow import fidelity_scores
+from scripts.evaluation.fidelity import fidelity_scores
 
 
 def main(

@@ -14,12 +14,15 @@
   recall, one that covers every mode badly the reverse.
 
 Distances are Euclidean, computed in float64 in blocks, so sets of tens of thousands fit in memory.
+``fidelity_scores`` gives FID, KID and PRDC of two feature sets at once (the evaluation's fidelity metrics).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from scripts.evaluation import fid as fid_lib
 
 #: k of PRDC used by CheXGenBench and the PRDC paper's recommendation
 PRDC_NEAREST_K = 5
@@ -126,3 +129,27 @@ def prdc(real_features, generated_features, nearest_k: int = PRDC_NEAREST_K) -> 
         "coverage": float((distances.min(dim=1).values <= real_radii).double().mean()),
         "nearest_k": k,
     }
+
+
+def fidelity_scores(
+    generated_features,
+    real_features,
+    kid_num_subsets: int = KID_SUBSETS,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    prdc_nearest_k: int = PRDC_NEAREST_K,
+    seed: int = 0,
+) -> dict:
+    """FID, KID (mean, std) and PRDC of (M, D) generated vs (N, D) real features; a metric the set sizes cannot
+    give is None and ``notes`` says why."""
+    result = {"num_generated": int(len(generated_features)), "num_real": int(len(real_features)), "notes": []}
+    result["fid"] = fid_lib.frechet_distance(generated_features, real_features)
+    warning = fid_lib.small_set_warning(len(generated_features), len(real_features), real_features.shape[1])
+    if warning:
+        result["notes"].append(warning)
+    result.update(kid(real_features, generated_features, kid_num_subsets, kid_subset_size, seed))
+    if min(len(generated_features), len(real_features)) > prdc_nearest_k:
+        result.update(prdc(real_features, generated_features, prdc_nearest_k))
+    else:
+        result.update(precision=None, recall=None, density=None, coverage=None, nearest_k=prdc_nearest_k)
+        result["notes"].append(f"PRDC needs more than k = {prdc_nearest_k} images per set.")
+    return result

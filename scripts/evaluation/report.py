@@ -1,10 +1,14 @@
-"""What people look at: sample grids and the self-contained HTML report of an evaluation."""
+"""What people look at: sample grids and the self-contained HTML report of an evaluation.
+
+Each metric of the evaluation (``scripts.evaluation.sections.METRICS``) is shown either as rows of the metrics
+table (``metrics_table_rows``) or by a section function ``(summary value, figures) -> HTML parts`` of its own.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -68,48 +72,88 @@ def prdc_bars(fidelity: dict, width: int = 720, bar_height: int = 12) -> str:
     return "".join(parts)
 
 
-def _fidelity_section(summary: dict) -> list[str]:
-    parts = []
-    fidelity = summary.get("fidelity") or {}
-    if fidelity:
-        header = "".join(f"<th>{c}</th>" for c in ("set / extractor", "generated", "real", *FIDELITY_COLUMNS))
-        body = "".join(
-            f"<tr><td style='text-align:left'>{html.escape(name)}</td><td>{v['num_generated']}</td>"
-            f"<td>{v['num_real']}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in FIDELITY_COLUMNS) + "</tr>"
-            for name, v in fidelity.items()
-        )
-        parts.append(
-            "<h2>Fidelity and diversity per feature extractor</h2><p>FID and KID: lower is better. Precision and "
-            "density: how many generated images look like real ones; recall and coverage: how much of the real "
-            f"variety the generated images cover (PRDC).</p><table><tr>{header}</tr>{body}</table>"
-        )
-        parts.append("<h3>Precision, recall, density, coverage</h3>" + prdc_bars(fidelity))
-    rows = summary.get("per_pathology") or []
-    if rows:
-        extractors = sorted({k for row in rows for k in row if isinstance(row[k], dict)})
-        header = "<th>finding</th><th>generated</th><th>real</th>" + "".join(
-            f"<th>{html.escape(e)} {m}</th>" for e in extractors for m in ("FID", "KID", "precision", "recall")
-        )
-        body = []
-        for row in rows:
-            cells = f"<td style='text-align:left'>{html.escape(row['finding'])}</td>"
-            cells += f"<td>{row['num_generated']}</td><td>{row['num_real']}</td>"
-            if row.get("skipped"):
-                cells += f"<td colspan='{4 * len(extractors)}'>{html.escape(row['skipped'])}</td>"
-            else:
-                for e in extractors:
-                    v = row.get(e, {})
-                    cells += "".join(f"<td>{_fmt(v.get(m))}</td>" for m in ("fid", "kid_mean", "precision", "recall"))
-            body.append(f"<tr>{cells}</tr>")
-        parts.append(
-            f"<h2>Per pathology</h2><p>Groups decided by: {html.escape(rows[0].get('decided_by', ''))}.</p>"
-            f"<table><tr>{header}</tr>{''.join(body)}</table>"
-        )
-    return parts
+def metrics_table_rows(name: str, values_by_set: dict) -> list[str]:
+    """Rows of the report's metrics table for a metric whose summary value maps a set to its numbers."""
+    rows = []
+    for set_name, values in (values_by_set or {}).items():
+        if isinstance(values, dict):
+            cells = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k not in ("warning",))
+            rows.append(
+                f"<tr><th>{name}</th><td>{html.escape(set_name)}</td><td style='text-align:left'>{cells}</td></tr>"
+            )
+    return rows
 
 
-def _memorisation_section(summary: dict, pairs_figure: str | None) -> list[str]:
-    result = summary.get("memorisation") or {}
+ADHERENCE_COLUMNS = (
+    "finding",
+    "xrv_label",
+    "num_samples",
+    "mean_probability",
+    "no_finding_mean_probability",
+    "difference",
+    "auroc_generated",
+    "auroc_real",
+)
+
+
+def adherence_section(rows: list, figures: Mapping[str, str]) -> list[str]:
+    """The prompt adherence table (rows of ``scripts.evaluation.adherence.adherence``)."""
+    if not rows:
+        return []
+    header = "".join(f"<th>{k}</th>" for k in ADHERENCE_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(row[k])}</td>" for k in ADHERENCE_COLUMNS) + "</tr>" for row in rows)
+    return [f"<h2>Prompt adherence (torchxrayvision probabilities)</h2><table><tr>{header}</tr>{body}</table>"]
+
+
+def fidelity_section(fidelity: dict, figures: Mapping[str, str]) -> list[str]:
+    """FID, KID and PRDC per set and extractor: a table and the PRDC bars."""
+    if not fidelity:
+        return []
+    header = "".join(f"<th>{c}</th>" for c in ("set / extractor", "generated", "real", *FIDELITY_COLUMNS))
+    body = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(name)}</td><td>{v['num_generated']}</td>"
+        f"<td>{v['num_real']}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in FIDELITY_COLUMNS) + "</tr>"
+        for name, v in fidelity.items()
+    )
+    return [
+        "<h2>Fidelity and diversity per feature extractor</h2><p>FID and KID: lower is better. Precision and "
+        "density: how many generated images look like real ones; recall and coverage: how much of the real "
+        f"variety the generated images cover (PRDC).</p><table><tr>{header}</tr>{body}</table>",
+        "<h3>Precision, recall, density, coverage</h3>" + prdc_bars(fidelity),
+    ]
+
+
+def per_pathology_section(rows: list, figures: Mapping[str, str]) -> list[str]:
+    """FID, KID, precision and recall per finding and extractor (skipped findings say why)."""
+    if not rows:
+        return []
+    extractors = sorted({k for row in rows for k in row if isinstance(row[k], dict)})
+    header = "<th>finding</th><th>generated</th><th>real</th>" + "".join(
+        f"<th>{html.escape(e)} {m}</th>" for e in extractors for m in ("FID", "KID", "precision", "recall")
+    )
+    body = []
+    for row in rows:
+        cells = f"<td style='text-align:left'>{html.escape(row['finding'])}</td>"
+        cells += f"<td>{row['num_generated']}</td><td>{row['num_real']}</td>"
+        if row.get("skipped"):
+            cells += f"<td colspan='{4 * len(extractors)}'>{html.escape(row['skipped'])}</td>"
+        else:
+            for e in extractors:
+                v = row.get(e, {})
+                cells += "".join(f"<td>{_fmt(v.get(m))}</td>" for m in ("fid", "kid_mean", "precision", "recall"))
+        body.append(f"<tr>{cells}</tr>")
+    return [
+        f"<h2>Per pathology</h2><p>Groups decided by: {html.escape(rows[0].get('decided_by', ''))}.</p>"
+        f"<table><tr>{header}</tr>{''.join(body)}</table>"
+    ]
+
+
+#: key of ``figures`` under which the memorisation check leaves its closest-pairs picture
+MEMORISATION_PAIRS = "memorisation_pairs"
+
+
+def memorisation_section(result: dict, figures: Mapping[str, str]) -> list[str]:
+    """Nearest-training-image similarities and, when drawn, the closest generated / training pairs."""
     if not result:
         return []
     cells = ", ".join(f"{k}={_fmt(v)}" for k, v in result.items())
@@ -118,6 +162,7 @@ def _memorisation_section(summary: dict, pairs_figure: str | None) -> list[str]:
         "nearest training image; real test images (never trained on) give the reference. "
         f"{cells}</p>"
     ]
+    pairs_figure = figures.get(MEMORISATION_PAIRS)
     if pairs_figure:
         parts.append(
             "<p>Closest pairs (top: generated, bottom: nearest training image):</p>"
@@ -127,47 +172,26 @@ def _memorisation_section(summary: dict, pairs_figure: str | None) -> list[str]:
 
 
 def write_html_report(
-    summary: dict, grids: Sequence[tuple[str, str]], path: str, pairs_figure: str | None = None
+    warnings: Sequence[str],
+    table_rows: Sequence[str],
+    sections: Sequence[str],
+    grids: Sequence[tuple[str, str]],
+    path: str,
 ) -> str:
-    """A self-contained HTML page: metric tables, PRDC bars, per-pathology table, memorisation pairs and one
-    embedded sample grid per prompt set."""
+    """A self-contained HTML page: the warnings, the metrics table (``table_rows``), each metric's own
+    ``sections`` (HTML parts, in order) and one embedded sample grid per (title, PNG path) of ``grids``."""
     parts = [
         "<!doctype html><meta charset='utf-8'><title>cxr-ldm evaluation</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #999;padding:3px 8px;text-align:right}.warn{color:#b00}</style>",
         "<h1>cxr-ldm evaluation</h1>",
     ]
-    for warning in summary.get("warnings", []):
+    for warning in warnings:
         parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
-    scalar_rows = []
-    for section in ("reconstruction", "diversity", "fid"):
-        for name, values in (summary.get(section) or {}).items():
-            if isinstance(values, dict):
-                cells = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k not in ("warning",))
-                scalar_rows.append(
-                    f"<tr><th>{section}</th><td>{html.escape(name)}</td><td style='text-align:left'>{cells}</td></tr>"
-                )
     parts.append(
-        "<h2>Metrics</h2><table><tr><th>metric</th><th>set</th><th>values</th></tr>" + "".join(scalar_rows) + "</table>"
+        "<h2>Metrics</h2><table><tr><th>metric</th><th>set</th><th>values</th></tr>" + "".join(table_rows) + "</table>"
     )
-    if summary.get("adherence"):
-        keys = [
-            "finding",
-            "xrv_label",
-            "num_samples",
-            "mean_probability",
-            "no_finding_mean_probability",
-            "difference",
-            "auroc_generated",
-            "auroc_real",
-        ]
-        header = "".join(f"<th>{k}</th>" for k in keys)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{_fmt(row[k])}</td>" for k in keys) + "</tr>" for row in summary["adherence"]
-        )
-        parts.append(f"<h2>Prompt adherence (torchxrayvision probabilities)</h2><table><tr>{header}</tr>{body}</table>")
-    parts.extend(_fidelity_section(summary))
-    parts.extend(_memorisation_section(summary, pairs_figure))
+    parts.extend(sections)
     parts.append("<h2>Samples</h2>")
     for title, grid in grids:
         data = _png_data(grid)

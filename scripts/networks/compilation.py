@@ -1,11 +1,13 @@
 """Whether and how the sampling UNet is compiled with ``torch.compile``.
 
-On a CPU with AMX bf16, inductor with *freezing* (weights folded into the graph as constants and
-pre-packed for oneDNN) makes a guided full-size bf16 UNet step ~35 % faster (0.60 s -> 0.39 s on 2 cores),
-where plain ``torch.compile`` gains ~4 %. Compiling costs about half a minute to one and a half minutes
-on such a CPU (less when inductor's on-disk cache has the kernels), first call only, so it pays only
-for runs of many images: ``"auto"`` compiles when the run makes at least ``min_images`` images on a CPU
-sampling in bfloat16 (docs/performance.md has the measurements).
+On a CPU, inductor with *freezing* (weights folded into the graph as constants and pre-packed for oneDNN)
+makes a guided full-size UNet step faster: with AMX bf16 ~35 % in bf16 (0.60 s -> 0.39 s on 2 cores) and
+~6 % in float32; on an AVX-512 CPU without AMX ~20 % in float32 (4.28 s -> 3.44 s). Plain ``torch.compile``
+gains ~4 %. Compiling costs about half a minute to one and a half minutes (less when inductor's on-disk
+cache has the kernels), first call only, so it pays only for runs of several images: measured break-evens
+are 9-19 images (AMX, bf16), ~5 (AVX-512, float32) and ~25 (AMX, float32). ``"auto"`` therefore compiles
+when the run makes at least ``min_images`` images on a CPU sampling in float32 or bfloat16 (float16 is
+slower than float32 on CPUs and is left eager; docs/performance.md has the measurements).
 On CUDA ``"auto"`` does not compile: no GPU measurement has chosen a mode there yet.
 
 Freezing bakes the weights into the compiled graph, so a compiled UNet is for sampling with fixed
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Accepted spellings of ``compile`` -> True, False or "auto".
 COMPILE_SETTINGS = {"auto": "auto", "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+#: Precisions ``"auto"`` compiles on a CPU (float16 runs slower than float32 on CPUs and was never measured compiled).
+COMPILED_CPU_PRECISIONS = ("float32", "bfloat16")
 _announced: set[tuple] = set()
 
 
@@ -52,9 +56,9 @@ def cpu_compiler_available() -> bool:
 def resolve_compile(compile, device: str | torch.device, precision: str, num_images: int, min_images: int) -> bool:
     """Whether to compile the UNet for a run of ``num_images`` images (all ranks together).
 
-    ``"auto"`` is True on a CPU sampling in ``precision`` "bfloat16" when ``num_images >= min_images`` and a
-    C++ compiler is there for inductor, else False; True and False are kept (True on a CPU without a
-    compiler is refused here, before anything runs). The result decides the images' float rounding, so it
+    ``"auto"`` is True on a CPU sampling in ``precision`` "float32" or "bfloat16" when ``num_images >=
+    min_images`` and a C++ compiler is there for inductor, else False; True and False are kept (True on a
+    CPU without a compiler is refused here, before anything runs). The result decides the images' float rounding, so it
     is part of their identity; it depends only on the command (the run's size, not how much of it is
     already done), so a resumed run resolves it alike. The choice of ``"auto"`` is logged once.
     """
@@ -69,20 +73,21 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
     if setting != "auto":
         return setting
     enough_images = int(num_images) >= int(min_images)
-    worth_it = on_cpu and precision == "bfloat16" and enough_images
+    compiled_precision = precision in COMPILED_CPU_PRECISIONS
+    worth_it = on_cpu and compiled_precision and enough_images
     chosen = worth_it and cpu_compiler_available()  # the compiler is looked for only when it would be used
     key = (chosen, str(device), precision, enough_images)
     if key not in _announced:
         _announced.add(key)
         if chosen:
             why = (
-                f"{num_images} images >= compile_min_images {min_images}, bfloat16 on a CPU; "
+                f"{num_images} images >= compile_min_images {min_images}, {precision} on a CPU; "
                 "the first step compiles, about a minute"
             )
         elif not on_cpu:
             why = f"no measured compile mode for {device.type} yet"
-        elif precision != "bfloat16":
-            why = f"{precision} on a CPU gains ~6 % only"
+        elif not compiled_precision:
+            why = f"{precision} on a CPU is not compiled (no measurement found it pays)"
         elif not enough_images:
             why = f"{num_images} images < compile_min_images {min_images}: compiling would not pay"
         else:

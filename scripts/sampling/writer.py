@@ -1,9 +1,10 @@
 """Writing generated images and their manifest, atomically and resumably.
 
-Each image goes to ``<output_dir>/<name>.<png|jpg|pt>`` through a temporary file that is renamed once
-complete, so an interrupted run never leaves a half-written image under a final name. ``manifest.csv``
-lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model version,
-null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its
+Each image goes to ``<output_dir>/<name>.<png|jpg|pt|dcm>`` through a temporary file that is renamed once
+complete, so an interrupted run never leaves a half-written image under a final name. ``OUTPUT_FORMATS`` maps
+each format name to its extension, writer function and options: a new format is one function and one entry.
+``manifest.csv`` lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model
+version, null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its
 own ``manifest.rank<r>.csv`` and rank 0 merges them into ``manifest.csv`` at the end (``finalize_manifest``).
 Whatever happened to a run, the merge also adds rows for finished images missing from every manifest, so
 the manifest always matches the images.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import csv
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,24 +45,78 @@ MANIFEST_COLUMNS = (
     "diffusion_weights",
     "text_encoder",
 )
-EXTENSIONS = {"png": ".png", "jpg": ".jpg", "pt": ".pt", "dcm": ".dcm"}
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """One way of writing a generated image to a file.
+
+    Attributes:
+        extension: of the file name, with its dot (``".png"``).
+        write: ``write(image, file, job, **options)`` writes ``image`` (1, H, W), float32 on the CPU in [0, 1],
+            row 0 the top of the picture, to ``file`` (a temporary name in the image's final folder, renamed
+            once written); ``job`` is the image's job (name, settings, run UIDs), empty when there is none.
+        options: keyword arguments passed to ``write``.
+        run_uids: whether the images of an output folder share a study and a series: ``SampleWriter`` then puts
+            the run's ``study_uid`` / ``series_uid`` in every job.
+    """
+
+    extension: str
+    write: Callable[..., None]
+    options: Mapping = field(default_factory=dict)
+    run_uids: bool = False
+
+
+def write_8bit(image: torch.Tensor, file: str, job: dict, **save_options) -> None:
+    """8-bit grayscale picture, round(255·x), saved by PIL with ``save_options`` (``format``, ``quality``...)."""
+    pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(file, **save_options)
+
+
+def write_tensor(image: torch.Tensor, file: str, job: dict) -> None:
+    """The float tensor itself (``torch.save``; loads without MONAI)."""
+    torch.save(image.clone(), file)
+
+
+def write_secondary_capture(image: torch.Tensor, file: str, job: dict) -> None:
+    """Synthetic Secondary Capture DICOM with 16-bit pixels (``scripts.data.dicom``); needs the job's name,
+    settings and the run's ``study_uid`` / ``series_uid``. Instance numbers count per output folder."""
+    folder = os.path.dirname(os.path.abspath(file))
+    _secondary_capture(image[0].numpy(), job, folder).save_as(file, enforce_file_format=True)
+
+
+#: output format name (``--output_format``) -> how its images are written
+OUTPUT_FORMATS: dict[str, OutputFormat] = {
+    "png": OutputFormat(".png", write_8bit, {"format": "PNG"}),
+    "jpg": OutputFormat(".jpg", write_8bit, {"format": "JPEG", "quality": 95}),
+    "pt": OutputFormat(".pt", write_tensor),
+    "dcm": OutputFormat(".dcm", write_secondary_capture, run_uids=True),
+}
+
+
+def get_output_format(name: str) -> OutputFormat:
+    """The registered ``OutputFormat`` called ``name`` (case-insensitive); a one-line error names the choices."""
+    key = str(name).lower()
+    if key not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {sorted(OUTPUT_FORMATS)}, got {name!r}.")
+    return OUTPUT_FORMATS[key]
 
 
 def existing_image(output_dir: str, name: str) -> str | None:
     """Path of the finished image ``name`` in ``output_dir`` in any output format, or None."""
-    for extension in EXTENSIONS.values():
-        path = os.path.join(output_dir, name + extension)
+    for output_format in OUTPUT_FORMATS.values():
+        path = os.path.join(output_dir, name + output_format.extension)
         if os.path.isfile(path):
             return path
     return None
 
 
 def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | None = None) -> str:
-    """Write one image (1, H, W) in [0, 1] to ``path`` atomically; row 0 is the top of the picture.
+    """Write one image (1, H, W) in [0, 1] to ``path`` atomically in a registered ``output_format``.
 
-    ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float tensor itself; ``dcm`` is a
-    synthetic Secondary Capture DICOM with 16-bit pixels (``scripts.data.dicom``), which needs the image's
-    ``job`` (its name, settings and the run's ``study_uid`` / ``series_uid``).
+    Row 0 is the top of the picture. ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float
+    tensor itself; ``dcm`` is a synthetic Secondary Capture DICOM with 16-bit pixels (``scripts.data.dicom``),
+    which needs the image's ``job`` (its name, settings and the run's ``study_uid`` / ``series_uid``).
     """
     if image.ndim != 3 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")
@@ -69,28 +125,20 @@ def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | 
     if hasattr(image, "as_tensor"):  # a MONAI MetaTensor: a .pt file must load without MONAI
         image = image.as_tensor()
     image = image.detach().float().cpu().clamp(0.0, 1.0)
+    writer = get_output_format(output_format)
     with atomic_path(path) as temporary:
-        if output_format == "pt":
-            torch.save(image.clone(), temporary)
-        elif output_format == "dcm":
-            _secondary_capture(image[0].numpy(), job or {}).save_as(temporary, enforce_file_format=True)
-        else:
-            pixels = (image[0].numpy() * 255.0).round().astype(np.uint8)
-            options = {"quality": 95} if output_format == "jpg" else {}
-            Image.fromarray(pixels, mode="L").save(
-                temporary, format="JPEG" if output_format == "jpg" else "PNG", **options
-            )
+        writer.write(image, temporary, job or {}, **writer.options)
     return path
 
 
-def _secondary_capture(pixels: np.ndarray, job: dict):
-    from scripts.data.dicom import synthetic_secondary_capture
+def _secondary_capture(pixels: np.ndarray, job: dict, folder: str):
+    from scripts.data.dicom import next_instance_number, synthetic_secondary_capture
 
     study_uid, series_uid = job["study_uid"], job["series_uid"]  # one study and series per output folder
     settings = {k: job[k] for k in MANIFEST_COLUMNS if k in job and k != "file"}
     return synthetic_secondary_capture(
         pixels, study_uid, series_uid, name=str(job.get("name", "")), settings=settings,
-        instance_number=int(str(job.get("name", "0")).split("_", 1)[0] or 0) + 1,
+        instance_number=next_instance_number(folder),
         software_version=str(job.get("model_version", "")),
     )  # fmt: skip
 
@@ -149,8 +197,9 @@ class SampleWriter:
 
     Args:
         output_dir: folder of the images and ``manifest.csv`` (created on the first write).
-        output_format: ``png`` (8-bit), ``jpg`` (8-bit, quality 95), ``pt`` (float tensor in [0, 1]) or
-            ``dcm`` (synthetic Secondary Capture DICOM, 16-bit; one study and series per output folder).
+        output_format: a name in ``OUTPUT_FORMATS``: ``png`` (8-bit), ``jpg`` (8-bit, quality 95), ``pt`` (float
+            tensor in [0, 1]) or ``dcm`` (synthetic Secondary Capture DICOM, 16-bit; one study and series per
+            output folder).
         jobs: all jobs of the run (``scripts.sampling.jobs.sampling_jobs``); at the start of a run, finished
             images missing from the manifest (a run killed between image and manifest) are added back.
 
@@ -160,9 +209,8 @@ class SampleWriter:
     columns: tuple[str, ...] = MANIFEST_COLUMNS
 
     def __init__(self, output_dir: str, output_format: str = "png", jobs: Sequence[dict] = ()) -> None:
+        get_output_format(output_format)
         output_format = str(output_format).lower()
-        if output_format not in EXTENSIONS:
-            raise ValueError(f"output_format must be one of {sorted(EXTENSIONS)}, got {output_format!r}.")
         self.output_dir = os.fspath(output_dir)
         self.output_format = output_format
         self.jobs = list(jobs)
@@ -180,7 +228,7 @@ class SampleWriter:
 
     def started(self, engine=None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
-        if self.output_format == "dcm":
+        if get_output_format(self.output_format).run_uids:
             from scripts.data.dicom import run_uids
 
             self.run_uids = run_uids(self.output_dir)
@@ -192,7 +240,7 @@ class SampleWriter:
 
         The image is written last: its existence marks the job done (``existing_image``).
         """
-        file_name = job["name"] + EXTENSIONS[self.output_format]
+        file_name = job["name"] + get_output_format(self.output_format).extension
         write_image(image, os.path.join(self.output_dir, file_name), self.output_format, job)
         return file_name
 

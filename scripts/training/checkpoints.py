@@ -87,21 +87,41 @@ class EngineAttributeState:
 
 
 class BestModelState:
-    """``state_dict``/``load_state_dict`` of a best-model ``CheckpointSaver``: the best score so far.
+    """``state_dict``/``load_state_dict`` of the best model so far: the best-model ``CheckpointSaver``'s score
+    and the validator's own best metric and its epoch.
 
-    Without it a resumed run forgets the score, and its first validation overwrites the best-model file
-    even when it is worse.
+    Without the saver's score a resumed run forgets it, and its first validation overwrites the best-model
+    file even when it is worse. Without the validator's, the resumed validator announces a worse value as a
+    "new best metric" and reports it as the best value, contradicting the file on disk.
+
+    Args:
+        saver: the best-model saver (None on ranks that do not save).
+        validator: the validation engine (a MONAI ``Workflow``: ``state.best_metric`` /
+            ``state.best_metric_epoch``), or None.
     """
 
-    def __init__(self, saver: CheckpointSaver) -> None:
+    def __init__(self, saver: CheckpointSaver | None, validator: Engine | None = None) -> None:
         self.saver = saver
+        self.validator = validator
 
     def state_dict(self) -> dict:
-        checkpoint = self.saver._key_metric_checkpoint
-        return {} if checkpoint is None else dict(checkpoint.state_dict())
+        checkpoint = None if self.saver is None else self.saver._key_metric_checkpoint
+        state = {} if checkpoint is None else dict(checkpoint.state_dict())
+        if self.validator is not None:
+            validator_state = self.validator.state
+            state["validator_best_metric"] = {
+                "best_metric": getattr(validator_state, "best_metric", -1),
+                "best_metric_epoch": getattr(validator_state, "best_metric_epoch", -1),
+            }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state and self.saver._key_metric_checkpoint is not None:
+        state = dict(state)
+        best = state.pop("validator_best_metric", None)  # absent from checkpoints of bundle versions < 1.7
+        if best is not None and self.validator is not None:
+            self.validator.state.best_metric = best["best_metric"]
+            self.validator.state.best_metric_epoch = best["best_metric_epoch"]
+        if state and self.saver is not None and self.saver._key_metric_checkpoint is not None:
             self.saver.load_state_dict(state)
 
 
@@ -128,8 +148,8 @@ class ResumableCheckpoint:
         ckpt_dir: folder of ``checkpoint_epoch=<n>.pt``.
         objects: name -> object with ``state_dict``/``load_state_dict`` (networks, optimisers, EMA model,
             LR scheduler, ...). The trainer itself is added as ``"trainer"`` (epoch and iteration counters).
-            A ``CheckpointSaver`` saves its best score (``BestModelState``); None entries (handlers
-            disabled on this rank) are left out.
+            A ``CheckpointSaver`` saves its best score with the ``validator``'s best metric
+            (``BestModelState``); None entries (handlers disabled on this rank) are left out.
         engine_attributes: engine attributes created only when the run starts (``"scaler"`` of
             ``SupervisedTrainer``); see ``EngineAttributeState``.
         save_interval: epochs between saves (the last epoch is always saved).
@@ -137,6 +157,8 @@ class ResumableCheckpoint:
         resume: load the newest checkpoint of ``ckpt_dir`` when the run starts.
         save: write checkpoints (False on the ranks > 0 of a distributed run, which only load).
         map_location: ``torch.load`` map location (each rank's device in distributed runs).
+        validator: the validation engine whose best metric is saved and restored with the best-model saver's
+            score, so that after a resume its log agrees with the best-model file.
     """
 
     def __init__(
@@ -149,6 +171,7 @@ class ResumableCheckpoint:
         resume: bool = True,
         save: bool = True,
         map_location: str | torch.device | None = "cpu",
+        validator: Engine | None = None,
     ) -> None:
         if int(save_interval) < 1:
             raise ValueError(f"checkpoint save_interval must be >= 1 epoch, got {save_interval}.")
@@ -160,14 +183,17 @@ class ResumableCheckpoint:
         self.resume = bool(resume)
         self.save = bool(save)
         self.map_location = map_location
+        self.validator = validator
         self.resumed_from: str | None = None
         self._trained_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         objects = {"trainer": engine}
         for name, value in self.objects.items():
-            if value is not None:
-                objects[name] = BestModelState(value) if isinstance(value, CheckpointSaver) else value
+            if isinstance(value, CheckpointSaver):
+                objects[name] = BestModelState(value, self.validator)
+            elif value is not None:
+                objects[name] = value
         for name in self.engine_attributes:
             objects[name] = EngineAttributeState(engine, name)
         if self.resume:

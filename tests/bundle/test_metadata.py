@@ -132,3 +132,12 @@ def test_model_card_follows_the_model_zoo_template():
     assert "not supported" in card.split("## Export", 1)[1].split("\n#", 1)[0]
     terms = (BUNDLE_ROOT / "docs" / "data_license.txt").read_text(encoding="utf-8")
     assert "PhysioNet Credentialed Health Data License" in terms and "data use agreement" in terms
+
+
+def test_readme_names_the_bundles_own_version():
+    """The download commands of README.md name the version in configs/metadata.json (read, not written here)."""
+    version = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text(encoding="utf-8"))["version"]
+    readme = (BUNDLE_ROOT / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"--version (\d+\.\d+\.\d+)", readme) + re.findall(r"cxr_ldm_v(\d+\.\d+\.\d+)\.zip", readme)
+    assert named, "README.md names no bundle version: did the download example move?"
+    assert set(named) == {version}, f"README.md names version(s) {sorted(set(named))}, configs/metadata.json {version}"

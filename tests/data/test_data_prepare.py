@@ -356,3 +356,38 @@ def test_killing_preparation_ends_its_workers(raw_root, tmp_path):
     for pid in survivors:  # do not leave them running whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert survivors == [], "workers kept running after the main process was killed"
+
+
+def test_two_images_with_one_output_name_stop_before_anything_is_written(raw_root, tmp_path):
+    """Image ids that differ only in case share an output file on case-insensitive file systems: an error that
+    names both, never one image silently replacing the other."""
+    copy = _copy(raw_root, tmp_path)
+    metadata = pd.read_csv(copy / METADATA_CSV, dtype={"dicom_id": str})
+    splits = pd.read_csv(copy / SPLIT_CSV, dtype={"dicom_id": str})
+    row = metadata[metadata["ViewPosition"] == "PA"].iloc[0]
+    twin = row.copy()
+    twin["dicom_id"] = row["dicom_id"].upper()
+    metadata = pd.concat([metadata, twin.to_frame().T], ignore_index=True)
+    split_row = splits[splits["dicom_id"] == row["dicom_id"]].iloc[0].copy()
+    split_row["dicom_id"] = twin["dicom_id"]
+    splits = pd.concat([splits, split_row.to_frame().T], ignore_index=True)
+    metadata.to_csv(copy / METADATA_CSV, index=False)
+    splits.to_csv(copy / SPLIT_CSV, index=False)
+    source = next(copy.rglob(f"{row['dicom_id']}.jpg"))
+    shutil.copy(source, source.with_name(f"{twin['dicom_id']}.jpg"))
+
+    output = tmp_path / "out"
+    with pytest.raises(PreparationError, match="would both be written to") as raised:
+        prepare(str(copy), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    assert row["dicom_id"] in str(raised.value) and twin["dicom_id"] in str(raised.value)
+    assert not any(output.rglob("*.jpg")) and not (output / "datalist.json").exists()
+
+
+def test_an_image_listed_twice_is_prepared_once(raw_root, tmp_path):
+    copy = _copy(raw_root, tmp_path)
+    metadata = pd.read_csv(copy / METADATA_CSV, dtype={"dicom_id": str})
+    pa = metadata[metadata["ViewPosition"] == "PA"]
+    pd.concat([metadata, pa.iloc[:1]], ignore_index=True).to_csv(copy / METADATA_CSV, index=False)
+    summary = prepare(str(copy), str(tmp_path / "out"), short_side=SHORT_SIDE, num_workers=0, progress=False)
+    items = _all_items(load_datalist(tmp_path / "out"))
+    assert len(items) == len({item["image"] for item in items}) == summary["images_written"] == len(pa)

@@ -14,7 +14,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from helpers.data import write_dx
 from scripts.data.dicom import DicomError, read_radiograph
-from scripts.data.prepare import resize_image
+from scripts.data.prepare import PreparationError, resize_image
 from scripts.data.prepare_dicom import prepare_dicom
 
 HEIGHT, WIDTH, SHORT_SIDE = 48, 64, 32
@@ -142,3 +142,34 @@ def test_image_sets_read_dicom_through_the_same_reader(dicom_tree, tmp_path):
     loaded = load_image_item(next(item for item in items if item["name"] == "mono1.dcm"))["image"]
     assert loaded.shape == (1, HEIGHT, WIDTH)
     np.testing.assert_allclose(loaded[0].numpy(), expected["p1/mono1.dcm"], atol=1e-6)
+
+
+def test_uid_named_files_keep_their_own_names(tmp_path):
+    """PACS exports name files by SOP Instance UID, without extension: '<uid>.17' and '<uid>.18' are two images."""
+    root = tmp_path / "dicom"
+    root.mkdir()
+    stems = ["1.2.826.0.1.3680043.8.498.9.17", "1.2.826.0.1.3680043.8.498.9.18"]
+    for stem, marker_high in zip(stems, (True, False)):
+        write_dx(root / stem, stored_gradient(12, marker_high))
+    rows = [{"file": stem, "report": "IMPRESSION: No acute process.", "subject_id": "s1", "split": "train"}
+            for stem in stems]  # fmt: skip
+    summary = prepare_dicom(str(root), _table(tmp_path / "t.csv", rows), str(tmp_path / "out"), short_side=SHORT_SIDE,
+                            num_workers=0, progress=False)  # fmt: skip
+    assert summary["training_images"] == summary["images_written"] == 2
+    first, second = (np.asarray(Image.open(tmp_path / "out" / "images" / f"{stem}.jpg")) for stem in stems)
+    assert first[:2, :2].mean() > 200 and second[:2, :2].mean() < 50, "each image is its own file's"
+
+
+def test_two_files_with_one_output_name_stop_before_anything_is_written(tmp_path):
+    root = tmp_path / "dicom"
+    root.mkdir()
+    write_dx(root / "chest.dcm", stored_gradient(12))
+    write_dx(root / "chest", stored_gradient(12, marker_high=False))
+    rows = [{"file": name, "report": "IMPRESSION: No acute process.", "subject_id": "s1", "split": "train"}
+            for name in ("chest", "chest.dcm")]  # fmt: skip
+    output = tmp_path / "out"
+    with pytest.raises(PreparationError, match="would both be written to 'images/chest.jpg'") as raised:
+        prepare_dicom(str(root), _table(tmp_path / "t.csv", rows), str(output), short_side=SHORT_SIDE,
+                      num_workers=0, progress=False)  # fmt: skip
+    assert "'chest'" in str(raised.value) and "'chest.dcm'" in str(raised.value)
+    assert not any(output.rglob("*.jpg")) and not (output / "datalist.json").exists()

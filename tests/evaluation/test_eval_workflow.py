@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from helpers.bundle import BUNDLE_ROOT, run_inference
 from helpers.data import make_prepared_synthetic
-from helpers.evaluation import write_tiny_raddino
+from helpers.evaluation import write_chexpert_labels, write_tiny_raddino
 
 DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 EVALUATE_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate.json")
@@ -30,23 +29,10 @@ def dataset_dir(tmp_path_factory) -> Path:
     return make_prepared_synthetic(tmp_path_factory.mktemp("eval_data"), num_subjects=30, image_size=64)
 
 
-def _labels_file(dataset_dir: Path, path: Path) -> Path:
-    """A CheXpert-format label file marking the first test study as an effusion, the others negative."""
-    test = json.loads((dataset_dir / "datalist.json").read_text())["test"]
-    with gzip.open(path, "wt", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["subject_id", "study_id", "Pleural Effusion", "No Finding"])
-        for index, item in enumerate(test):
-            writer.writerow(
-                [item["subject_id"], item["study_id"], "1.0" if index == 0 else "", "" if index == 0 else "1.0"]
-            )
-    return path
-
-
-def _evaluate(config: str, model_dir, dataset_dir, evaluation_dir, samples_dir, **overrides) -> None:
-    """An evaluation config merged over inference.json and data.json, with the tiny weights."""
+def _evaluate(configs: list[str], model_dir, dataset_dir, evaluation_dir, samples_dir, **overrides) -> None:
+    """Evaluation configs merged over inference.json and data.json, with the tiny weights."""
     settings = {"dataset_dir": str(dataset_dir), "evaluation_dir": str(evaluation_dir), **SMALL_MS_SSIM, **overrides}
-    run_inference(model_dir, samples_dir, DATA_CONFIG, config, **settings)
+    run_inference(model_dir, samples_dir, DATA_CONFIG, *configs, **settings)
 
 
 def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset_dir, tmp_path):
@@ -58,11 +44,11 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     sizes = {"num_real_images": 99, "num_report_images": 4, "num_unconditional_images": 3}
     sizes.update(num_reconstruction_images=99, adherence_num_samples=2, batch_size=4, eval_batch_size=4)
     sizes.update(kid_subset_size=3, kid_num_subsets=5, prdc_nearest_k=2, pathology_min_images=2, memorisation_pairs=3)
-    labels_file = _labels_file(dataset_dir, tmp_path / "chexpert.csv.gz")
+    labels_file = write_chexpert_labels(dataset_dir, tmp_path / "chexpert.csv.gz")
     extractors = {"raddino_source": str(write_tiny_raddino(tmp_path / "rad-dino")), "inception_weights": "random"}
     overrides = {"xrv_weights": "random", "adherence_findings": FINDINGS, "diversity_max_pairs": None, **sizes}
     overrides.update(extractors)
-    _evaluate(EVALUATE_CONFIG, tiny_model_dir, dataset_dir, evaluation_dir, evaluation_dir / "samples",
+    _evaluate([EVALUATE_CONFIG], tiny_model_dir, dataset_dir, evaluation_dir, evaluation_dir / "samples",
               chexpert_labels_file=str(labels_file), **overrides)  # fmt: skip
     summary = json.loads((evaluation_dir / "summary.json").read_text())
     assert any("RANDOM weights" in w for w in summary["warnings"])
@@ -136,7 +122,8 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
 def test_reconstruction_only_config_skips_the_diffusion_model(tiny_model_dir, dataset_dir, tmp_path):
     evaluation_dir = tmp_path / "rec"
     (tmp_path / "unused").mkdir()
-    _evaluate(RECONSTRUCTION_CONFIG, tiny_model_dir, dataset_dir, evaluation_dir, tmp_path / "unused",
+    configs = [EVALUATE_CONFIG, RECONSTRUCTION_CONFIG]  # the reconstruction-only config is an overlay of evaluate.json
+    _evaluate(configs, tiny_model_dir, dataset_dir, evaluation_dir, tmp_path / "unused",
               diffusion_path=str(tmp_path / "no_unet.pt"), num_reconstruction_images=2)  # fmt: skip
     result = json.loads((evaluation_dir / "reconstruction.json").read_text())
     assert result["num_images"] == 2 and 0 <= result["ms_ssim_mean"] <= 1 and result["psnr_mean"] > 0

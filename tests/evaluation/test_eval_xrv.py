@@ -28,7 +28,7 @@ def test_xrv_protocol_maps_unit_range_to_plus_minus_1024_at_224_px():
     assert x[0].min() == 1024 and x[0].max() == 1024
     assert x[1, 0, :, :100].max() == -1024 and x[1, 0, :, 124:].min() == 1024
     rgb = xrv.to_network_input(torch.full((1, 3, 64, 64), 0.5), "xrv")
-    assert rgb.shape == (1, 1, 224, 224) and torch.allclose(rgb, torch.zeros_like(rgb))
+    assert rgb.shape == (1, 1, 224, 224) and torch.allclose(rgb, torch.zeros_like(rgb), atol=1e-3)  # on the ±1024 scale
 
 
 def test_reference_protocol_keeps_size_and_scales_only_generated_images():
@@ -36,7 +36,7 @@ def test_reference_protocol_keeps_size_and_scales_only_generated_images():
     real = xrv.to_network_input(images, "reference", role="real")
     generated = xrv.to_network_input(images, "reference", role="generated")
     assert real.shape == generated.shape == (2, 1, 96, 96)
-    assert torch.equal(real, images) and torch.allclose(generated, images * 255)
+    assert torch.equal(real, images) and torch.allclose(generated, images * 255, atol=1e-4)
     with pytest.raises(ValueError, match="Unknown torchxrayvision input protocol 'inception'"):
         xrv.to_network_input(images, "inception")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +72,17 @@ def write_tiny_raddino(folder: Path, seed: int = 0) -> Path:
     processor = {**RADDINO_PROCESSOR, "size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}
     BitImageProcessor(**processor).save_pretrained(folder)
     return Path(folder)
+
+
+def write_chexpert_labels(dataset_dir: Path, path: Path) -> Path:
+    """A gzipped CheXpert-format label file of the prepared data's test split: the first test study an effusion,
+    the others "No Finding"."""
+    test = json.loads((Path(dataset_dir) / "datalist.json").read_text())["test"]
+    with gzip.open(path, "wt", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject_id", "study_id", "Pleural Effusion", "No Finding"])
+        for index, item in enumerate(test):
+            writer.writerow(
+                [item["subject_id"], item["study_id"], "1.0" if index == 0 else "", "" if index == 0 else "1.0"]
+            )
+    return path

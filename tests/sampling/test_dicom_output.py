@@ -55,3 +55,79 @@ def test_dicom_output_is_marked_synthetic_and_matches_the_png(tiny_model_dir, tm
     other_ds = pydicom.dcmread(other[0])
     assert other_ds.StudyInstanceUID != datasets[0].StudyInstanceUID
     assert other_ds.SOPInstanceUID not in {ds.SOPInstanceUID for ds in datasets}
+
+
+def _job(name: str, prompt: str, output_dir) -> dict:
+    from scripts.data.dicom import run_uids
+
+    study_uid, series_uid = run_uids(str(output_dir))
+    return {"name": name, "prompt": prompt, "negative_prompt": "Léger — ふつう", "seed": 7, "num_inference_steps": 20,
+            "guidance_scale": 7.0, "scheduler": "unipc_karras", "model_version": "1.0", "study_uid": study_uid,
+            "series_uid": series_uid}  # fmt: skip
+
+
+def test_non_ascii_text_round_trips_through_every_written_text_attribute(tmp_path):
+    import warnings
+
+    import torch
+
+    from scripts.data.dicom import CHARACTER_SET
+    from scripts.sampling.writer import write_image
+
+    prompt = "Épanchement pleural gauche … — 肺"
+    path = tmp_path / "00000_x.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns "Failed to encode value" when it has to replace characters
+        write_image(torch.rand(1, 16, 16), str(path), "dcm", _job("00000_x", prompt, tmp_path))
+    ds = pydicom.dcmread(path, force=False)
+    assert ds.SpecificCharacterSet == CHARACTER_SET
+    assert ds.DerivationDescription.endswith(prompt)
+    written = json.loads(ds.ImageComments.split(". ", 1)[1])
+    assert written["prompt"] == prompt and written["negative_prompt"] == "Léger — ふつう"
+    # every text element reads back as it was set: nothing replaced by '?'
+    for element in ds.iterall():
+        if element.VR in ("LO", "LT", "SH", "ST", "UT", "PN", "CS") and element.value:
+            assert "?" not in str(element.value), element
+
+
+def test_instance_numbers_stay_unique_when_runs_add_to_one_series(tmp_path):
+    """A resumed or different run into the same folder continues the series' numbering (not 1, 1, 2, ...)."""
+    import torch
+
+    from scripts.sampling.writer import write_image
+
+    for index, prompt in enumerate(["a", "b", "c"]):
+        write_image(torch.rand(1, 8, 8), str(tmp_path / f"{index:05d}_{prompt}.dcm"), "dcm",
+                    _job(f"{index:05d}_{prompt}", prompt, tmp_path))  # fmt: skip
+    # a later run whose jobs count from 0 again
+    for index, prompt in enumerate(["d", "e"]):
+        write_image(torch.rand(1, 8, 8), str(tmp_path / f"{index:05d}_{prompt}.dcm"), "dcm",
+                    _job(f"{index:05d}_{prompt}", prompt, tmp_path))  # fmt: skip
+    datasets = [pydicom.dcmread(p) for p in sorted(tmp_path.glob("*.dcm"))]
+    assert len({ds.SeriesInstanceUID for ds in datasets}) == 1
+    assert sorted(int(ds.InstanceNumber) for ds in datasets) == [1, 2, 3, 4, 5]
+
+
+def test_instance_numbers_continue_after_files_written_without_a_counter(tmp_path):
+    from scripts.data.dicom import INSTANCE_COUNTER, highest_instance_number, next_instance_number
+
+    numbers = [next_instance_number(str(tmp_path)) for _ in range(3)]
+    assert numbers == [1, 2, 3]
+    (tmp_path / INSTANCE_COUNTER).write_text("torn")  # unreadable: counted again from the files
+    (tmp_path / "notes.dcm").write_bytes(b"not dicom")
+    assert highest_instance_number(str(tmp_path)) == 0
+    assert next_instance_number(str(tmp_path)) == 1  # no .dcm image holds a number yet
+
+
+def _allocate(folder: str, count: int) -> list[int]:
+    from scripts.data.dicom import next_instance_number
+
+    return [next_instance_number(folder) for _ in range(count)]
+
+
+def test_instance_numbers_are_unique_across_processes_writing_at_once(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        numbers = [n for chunk in pool.starmap(_allocate, [(str(tmp_path), 25)] * 4) for n in chunk]
+    assert sorted(numbers) == list(range(1, 101))

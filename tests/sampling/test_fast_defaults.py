@@ -1,5 +1,5 @@
-"""Fast by default: precision chosen by the hardware (recorded, part of an image's identity) and guidance
-applied only inside a timestep interval."""
+"""Fast by default: precision chosen by the hardware (recorded, part of an image's identity), compile by the
+run's size, and guidance applied only inside a timestep interval."""
 
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ def _manifest(folder) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("amx, expected", [(True, "bfloat16"), (False, "float32")])
-def test_auto_precision_follows_the_cpu(amx, expected, monkeypatch):
+@pytest.mark.parametrize("amx, probe_says, expected", [(True, None, "bfloat16"), (False, "float32", "float32")])
+def test_auto_precision_follows_the_cpu(amx, probe_says, expected, monkeypatch, tmp_path):
+    """AMX: bf16 without probing; another CPU: what the probe measures (test_precision_probe.py has the rest)."""
+    monkeypatch.setenv(precision.PRECISION_PROBE_CACHE_ENV, str(tmp_path / "probe.json"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    probed = []
+
+    def measure() -> dict:
+        probed.append(1)
+        return {"float32_ms": 100.0, "bfloat16_ms": 200.0 if probe_says == "float32" else 50.0}
+
+    monkeypatch.setattr(precision, "measure_bf16_against_float32", measure)
     assert precision.resolve_precision("auto", "cpu") == expected
+    assert len(probed) == (0 if amx else 1)
     # an explicit value always wins
     assert precision.resolve_precision("float32", "cpu") == "float32"
     assert precision.resolve_precision(None, "cpu") == "float32"
@@ -37,6 +47,8 @@ def test_auto_precision_follows_the_gpu(supported, expected, monkeypatch):
 def test_auto_precision_is_recorded_and_never_reused_across_precisions(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(precision, "bf16_native", lambda device: False)
+    slower_bf16 = {"float32_ms": 1.0, "bfloat16_ms": 2.0, "cached": True, "cache_file": "-"}
+    monkeypatch.setattr(precision, "cpu_probe", lambda: slower_bf16)  # the probe finds bf16 slower here
     first = run_inference(tiny_model_dir, out, autocast_dtype="auto", output_format="pt")
     monkeypatch.setattr(precision, "bf16_native", lambda device: True)
     second = run_inference(tiny_model_dir, out, autocast_dtype="auto", output_format="pt")
@@ -98,7 +110,7 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
     assert sorted(row["cache_interval"] for row in _manifest(out)) == ["1", "2"]
 
 
-# -- compile: "auto" compiles long bf16 runs on a CPU ------------------------------------------------------
+# -- compile: "auto" compiles long float32 and bf16 runs on a CPU ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -106,7 +118,9 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
     [
         ("auto", "cpu", "bfloat16", 32, True),
         ("auto", "cpu", "bfloat16", 31, False),  # too few images to pay for compiling
-        ("auto", "cpu", "float32", 1000, False),  # fp32 gains too little
+        ("auto", "cpu", "float32", 32, True),  # frozen fp32 pays after ~5 (AVX-512) to ~25 (AMX) images
+        ("auto", "cpu", "float32", 31, False),
+        ("auto", "cpu", "float16", 1000, False),  # slower than float32 on CPUs, never measured compiled
         ("auto", "cuda:0", "bfloat16", 1000, False),  # no GPU measurement has chosen a mode yet
         (True, "cpu", "float32", 1, True),  # explicit values always win
         ("false", "cpu", "bfloat16", 1000, False),

@@ -1,0 +1,330 @@
+"""The app's page (Gradio): a Generate tab and an Edit tab over ``scripts.app.service.AppService``.
+
+``configs/app.json`` builds the page from the inference config's components (``build_app``) and serves it
+(``serve``) on 127.0.0.1 unless told otherwise. Requests wait in Gradio's queue, which tells each visitor
+how many requests are ahead of theirs: generations and edits share one slot (``DEVICE_SLOT``), so the
+device runs one at a time. A request the bundle refuses (a bad setting or upload) shows the bundle's
+one-line message in the page, and the app keeps serving.
+
+Where files go: without ``output_dir`` each browser session gets its own temporary folder, removed when
+the session ends and when the app stops; with ``output_dir`` images go there as on the command line
+(``output_dir`` for generations, ``output_dir/edits`` for edits, each with its ``manifest.csv``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from scripts.app.service import EDITS_DIR, AppService, save_mask
+from scripts.common.errors import CxrLdmError
+from scripts.editing.inputs import load_edit_image
+from scripts.networks.schedulers import SCHEDULERS
+from scripts.sampling.settings import SettingsError, as_int
+
+#: Gradio concurrency id shared by generating and editing: one request at a time on the device
+DEVICE_SLOT = "device"
+#: layers of the Edit tab's painting canvas, in order
+MASK_LAYERS = ("edit mask", "keep mask")
+SETTINGS_COLUMNS = ("file", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "scheduler")
+
+
+class SessionFolders:
+    """Where the app writes: one temporary folder for the app (Gradio's uploads and cache, and each browser
+    session's outputs), or the user's ``output_dir`` for the outputs."""
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = os.path.abspath(os.fspath(output_dir)) if output_dir else None
+        self._temporary_root: str | None = None
+
+    @property
+    def temporary_root(self) -> str:
+        """The app's temporary folder (created on first use, removed by ``close``)."""
+        if self._temporary_root is None:
+            self._temporary_root = tempfile.mkdtemp(prefix="cxr-ldm-app-")
+        return self._temporary_root
+
+    @property
+    def gradio_cache(self) -> str:
+        """Gradio's folder of uploads and of the files it serves."""
+        return os.path.join(self.temporary_root, "gradio")
+
+    def allowed_paths(self) -> list[str]:
+        """Folders whose files the page may offer."""
+        return [self.temporary_root] + ([self.output_dir] if self.output_dir else [])
+
+    def folder(self, session: str | None, task: str) -> str:
+        """Output folder of a ``task`` ("generate" or "edit") of ``session``."""
+        if self.output_dir is not None:
+            return self.output_dir if task == "generate" else os.path.join(self.output_dir, EDITS_DIR)
+        return os.path.join(self.temporary_root, "sessions", _safe_name(session), task)
+
+    def close_session(self, session: str | None) -> None:
+        """Remove a finished session's temporary outputs (nothing when writing to ``output_dir``)."""
+        if self.output_dir is None and self._temporary_root is not None:
+            shutil.rmtree(os.path.join(self._temporary_root, "sessions", _safe_name(session)), ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the app's temporary folder (``output_dir`` is left alone)."""
+        if self._temporary_root is not None:
+            shutil.rmtree(self._temporary_root, ignore_errors=True)
+            self._temporary_root = None
+
+
+def _safe_name(session: str | None) -> str:
+    name = "".join(c for c in str(session or "") if c.isalnum() or c in "-_")
+    return name or "anonymous"
+
+
+def as_bool(value, what: str) -> bool:
+    """``value`` as a switch: a bool, or the words true/false, yes/no, 1/0 (what the command line passes)."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if str(value).strip().lower() not in words:
+        raise SettingsError(f"{what} must be true or false, got {value!r}.")
+    return words[str(value).strip().lower()]
+
+
+def page_message(error: BaseException) -> str:
+    """The bundle's one-line message of ``error``, as the page shows it."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def page_errors():
+    """Show a bundle error (bad setting, bad upload) in the page as its one-line message."""
+    try:
+        yield
+    except CxrLdmError as error:
+        raise gr.Error(page_message(error), print_exception=False) from None
+
+
+def painted_mask(editor_value, layer: int, image_size: int) -> np.ndarray | None:
+    """The mask (image_size, image_size) of bools painted on ``layer`` of the Edit tab's canvas, None if blank.
+
+    ``editor_value``: the ``gr.ImageEditor`` value with numpy RGBA layers; painted pixels are opaque.
+    """
+    layers = (editor_value or {}).get("layers") or []
+    if layer >= len(layers) or layers[layer] is None:
+        return None
+    pixels = np.asarray(layers[layer])
+    alpha = pixels[..., 3] if pixels.ndim == 3 and pixels.shape[-1] == 4 else pixels.reshape(pixels.shape[:2])
+    mask = alpha > 0
+    if not mask.any():
+        return None
+    if mask.shape != (image_size, image_size):  # a canvas of another size: scale the painting onto the image
+        picture = Image.fromarray(mask.astype(np.uint8) * 255).resize((image_size, image_size), Image.NEAREST)
+        mask = np.asarray(picture) > 127
+    return mask
+
+
+def settings_table(results: list[dict]) -> list[list]:
+    """Rows of the page's settings table (``SETTINGS_COLUMNS`` of each image's manifest row)."""
+    return [[result["row"].get(column, "") for column in SETTINGS_COLUMNS] for result in results]
+
+
+def build_app(service: AppService, defaults: dict, folders: SessionFolders, title: str = "cxr-ldm"):
+    """The Gradio page (``gr.Blocks``) of ``service``; ``defaults`` are the config's prompt, negative_prompt,
+    seed, num_samples, num_inference_steps, guidance_scale, scheduler_name and strength."""
+    schedulers = sorted(SCHEDULERS)
+    # the sampler's per-step progress bar (tqdm) drives the page's; Gradio recognises the parameter by this default
+    step_progress = gr.Progress(track_tqdm=True)
+
+    def sampling_inputs():
+        with gr.Row():
+            steps = gr.Number(value=defaults["num_inference_steps"], precision=0, label="steps")
+            guidance = gr.Number(value=defaults["guidance_scale"], label="guidance")
+            scheduler = gr.Dropdown(schedulers, value=defaults["scheduler_name"], label="scheduler")
+            seed = gr.Number(value=defaults["seed"], precision=0, label="seed")
+        return steps, guidance, scheduler, seed
+
+    def generate(
+        prompt,
+        negative,
+        num_images,
+        seed,
+        steps,
+        guidance,
+        scheduler,
+        request: gr.Request,
+        progress=step_progress,
+    ):
+        with page_errors():
+            output_dir = folders.folder(request.session_hash, "generate")
+            results = service.generate(
+                output_dir, prompt or "", negative or "", seed, num_images, steps, guidance, scheduler
+            )
+        gallery = [(result["image"], f"seed {result['row']['seed']}") for result in results]
+        downloads = [path for result in results for path in (result["image"], result["dicom"])]
+        return gallery, downloads, settings_table(results)
+
+    def prepare_upload(upload):
+        if upload is None:
+            return None
+        with page_errors():
+            image, _ = load_edit_image(upload, service.image_size)
+        grey = (image[0].numpy() * 255.0).round().astype(np.uint8)
+        return {
+            "background": np.stack([grey] * 3 + [np.full_like(grey, 255)], axis=-1),
+            "layers": [],
+            "composite": None,
+        }
+
+    def edit(
+        upload,
+        canvas,
+        edit_upload,
+        keep_upload,
+        prompt,
+        negative,
+        strength,
+        seed,
+        steps,
+        guidance,
+        scheduler,
+        request: gr.Request,
+        progress=step_progress,
+    ):
+        with page_errors():
+            if upload is None:
+                raise SettingsError("No radiograph: upload a PNG, JPEG or DICOM file first.")
+            output_dir = folders.folder(request.session_hash, "edit")
+            masks = []
+            for layer, upload_path, what in ((0, edit_upload, "edit"), (1, keep_upload, "keep")):
+                painted = painted_mask(canvas, layer, service.image_size)
+                masks.append(upload_path or (save_mask(painted, output_dir, what) if painted is not None else None))
+            result = service.edit(
+                output_dir,
+                upload,
+                prompt or "",
+                negative or "",
+                masks[0],
+                masks[1],
+                strength,
+                seed,
+                steps,
+                guidance,
+                scheduler,
+            )
+        downloads = [result["image"], result["dicom"], result["comparison"]]
+        return result["comparison"], result["image"], downloads, settings_table([result])
+
+    with gr.Blocks(title=title, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"## {title}: chest X-rays from report text")
+        with gr.Tab("Generate"):
+            prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="prompt")
+            negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
+            with gr.Row():
+                num_images = gr.Number(value=defaults["num_samples"], precision=0, label="number of images")
+            steps, guidance, scheduler, seed = sampling_inputs()
+            run = gr.Button("Generate", variant="primary", elem_id="generate")
+            gallery = gr.Gallery(
+                label="images", columns=4, height=320, object_fit="contain", elem_id="gallery", format="png"
+            )
+            downloads = gr.File(label="downloads (PNG and DICOM)", file_count="multiple", elem_id="downloads")
+            table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings of each image", wrap=False)
+            run.click(
+                generate,
+                [prompt, negative, num_images, seed, steps, guidance, scheduler],
+                [gallery, downloads, table],
+                api_name="generate",
+                concurrency_limit=1,
+                concurrency_id=DEVICE_SLOT,
+            )
+        with gr.Tab("Edit"):
+            with gr.Row():
+                upload = gr.File(label="radiograph (PNG, JPEG or DICOM)", type="filepath", elem_id="edit_upload")
+                edit_upload = gr.File(
+                    label="edit mask (optional; white = may change)", type="filepath", elem_id="edit_mask_upload"
+                )
+                keep_upload = gr.File(
+                    label="keep mask (optional; white = must not change)", type="filepath", elem_id="keep_mask_upload"
+                )
+            canvas = gr.ImageEditor(
+                label="paint the masks: layer 'edit mask' (may change), 'keep mask' (must not)",
+                type="numpy",
+                image_mode="RGBA",
+                sources=(),
+                transforms=(),
+                layers=gr.LayerOptions(allow_additional_layers=False, layers=list(MASK_LAYERS)),
+                brush=gr.Brush(colors=["#ff8c00", "#00c8ff"], color_mode="fixed"),
+            )
+            edit_prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="edit_prompt")
+            edit_negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
+            strength = gr.Number(value=defaults["strength"], label="strength (0: keep the image, 1: regenerate it)")
+            edit_steps, edit_guidance, edit_scheduler, edit_seed = sampling_inputs()
+            edit_run = gr.Button("Edit", variant="primary", elem_id="edit")
+            comparison = gr.Image(label="input | edited | difference", type="filepath", elem_id="comparison")
+            edited = gr.Image(label="edited", type="filepath", format="png", elem_id="edited")
+            edit_downloads = gr.File(label="downloads (PNG, DICOM, figure)", file_count="multiple")
+            edit_table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings", wrap=False)
+            upload.upload(prepare_upload, upload, canvas, api_name="prepare_upload")
+            edit_run.click(
+                edit,
+                [
+                    upload,
+                    canvas,
+                    edit_upload,
+                    keep_upload,
+                    edit_prompt,
+                    edit_negative,
+                    strength,
+                    edit_seed,
+                    edit_steps,
+                    edit_guidance,
+                    edit_scheduler,
+                ],
+                [comparison, edited, edit_downloads, edit_table],
+                api_name="edit",
+                concurrency_limit=1,
+                concurrency_id=DEVICE_SLOT,
+            )
+
+        def end_session(request: gr.Request):
+            folders.close_session(request.session_hash)
+
+        app.unload(end_session)
+    return app
+
+
+def serve(
+    service: AppService,
+    folders: SessionFolders,
+    defaults: dict,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share=False,
+    block: bool = True,
+):
+    """Build the page of ``service`` and serve it on ``host``:``port`` (a public share link only with ``share``)
+    until interrupted; then remove the app's temporary files. With ``block`` False, return the page once it
+    serves (tests): ``app.close()`` and ``folders.close()`` stop it."""
+    port = as_int(port, "--port", 1)
+    if port > 65535:
+        raise SettingsError(f"--port must be <= 65535, got {port}.")
+    share = as_bool(share, "--share")
+    # Gradio keeps uploads and the files it serves in GRADIO_TEMP_DIR, read when the page is built: inside
+    # the app's temporary folder, so the app writes nowhere else
+    os.environ["GRADIO_TEMP_DIR"] = folders.gradio_cache
+    app = build_app(service, defaults, folders)
+    app.queue(default_concurrency_limit=1)
+    try:
+        app.launch(
+            server_name=str(host),
+            server_port=port,
+            share=share,
+            allowed_paths=folders.allowed_paths(),
+            prevent_thread_lock=not block,
+            footer_links=["api"],
+        )
+    finally:
+        if block:
+            folders.close()
+    return app

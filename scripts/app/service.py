@@ -1,0 +1,310 @@
+"""The app's two requests, generate and edit, run through the bundle's own pieces.
+
+A request is checked by the command line's checks (``scripts.sampling.settings``,
+``scripts.editing.settings``, ``scripts.editing.inputs``), turned into jobs by the command line's job
+builders (``sampling_jobs`` / ``edit_jobs``, so an image gets the name, seed and manifest row the command
+line would give it), and run by the same MONAI evaluator, sampler and writers that ``configs/inference.json``
+and ``configs/edit.json`` wire together. Only the settings a request may change (steps, guidance, scheduler)
+differ from the config's sampler, on a copy of it that shares its networks (``request_sampler``).
+
+Each image is written as PNG (the picture the page shows) and, in ``dicom/``, as the bundle's synthetic
+Secondary Capture DICOM of the same float image.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from scripts.common.errors import CxrLdmError
+from scripts.common.files import atomic_path
+from scripts.data.dicom import run_uids
+from scripts.editing.editor import TextGuidedEditor
+from scripts.editing.inputs import LoadEditInputs, check_edit_inputs
+from scripts.editing.jobs import edit_jobs
+from scripts.editing.settings import check_edit_settings
+from scripts.editing.writer import EDIT_MANIFEST_COLUMNS, EditWriter
+from scripts.networks.schedulers import SCHEDULERS, build_scheduler
+from scripts.sampling.jobs import collate_jobs, pending_jobs, prepare_job_batch, sampling_jobs
+from scripts.sampling.sampler import GuidedLatentSampler
+from scripts.sampling.settings import SettingsError, as_int, check_settings
+from scripts.sampling.writer import (
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    SampleWriter,
+    existing_image,
+    finalize_manifest,
+    read_manifest,
+    write_image,
+)
+
+#: folder (inside an output folder) of the DICOM copies
+DICOM_DIR = "dicom"
+#: folder (inside an output folder set by the user) of the edits, as configs/edit.json's ``output/edits``
+EDITS_DIR = "edits"
+#: folder (inside an output folder) of the masks painted in the page
+MASKS_DIR = "masks"
+
+
+class AppRequestError(CxrLdmError, ValueError):
+    """A request of the app that cannot be run (the message names the field and the fix)."""
+
+
+def request_sampler(
+    sampler: GuidedLatentSampler,
+    scheduler,
+    num_inference_steps: int,
+    guidance_scale: float,
+    feather_pixels: int | None = None,
+) -> GuidedLatentSampler:
+    """The config's sampler (its ``inferer``) set up for one request.
+
+    A shallow copy: it shares the networks, the tokenizer, the prompt-embedding cache and the compiled or
+    DeepCache UNet of ``sampler`` (a compile happens once per app, not once per request), with its own
+    ``scheduler`` (schedulers keep per-run state), steps and guidance, and a progress bar for the page.
+    With ``feather_pixels`` it is a ``TextGuidedEditor``, whose state is the sampler's plus that width.
+    Settings are checked before (``scripts.sampling.settings.check_settings``).
+    """
+    variant = copy.copy(sampler)
+    if feather_pixels is not None:
+        variant = TextGuidedEditor.__new__(TextGuidedEditor)
+        variant.__dict__.update(sampler.__dict__)
+        variant.feather_pixels = int(feather_pixels)
+    variant.scheduler = scheduler
+    variant.num_inference_steps = int(num_inference_steps)
+    variant.guidance_scale = float(guidance_scale)
+    variant.progress = True  # the page's progress bar follows the sampler's (gr.Progress(track_tqdm=True))
+    return variant
+
+
+class DicomCopy:
+    """Writer mixin: a synthetic Secondary Capture DICOM of each image in ``dicom/``, written before the image
+    (whose existence marks a job done), all images of one output folder in one study and series."""
+
+    def started(self, engine=None) -> None:
+        super().started(engine)
+        self.run_uids = run_uids(os.path.join(self.output_dir, DICOM_DIR))
+
+    def write_outputs(self, job: dict, image: torch.Tensor) -> str:
+        write_image(image, dicom_path(self.output_dir, job), "dcm", job)
+        return super().write_outputs(job, image)
+
+
+class AppSampleWriter(DicomCopy, SampleWriter):
+    """``SampleWriter`` plus a DICOM copy of each image."""
+
+
+class AppEditWriter(DicomCopy, EditWriter):
+    """``EditWriter`` plus a DICOM copy of each edited image."""
+
+
+def dicom_path(output_dir: str, job: dict) -> str:
+    return os.path.join(output_dir, DICOM_DIR, job["name"] + ".dcm")
+
+
+def run_jobs(jobs: Sequence[dict], sampler, network, writer: SampleWriter, batch_size: int, device, transform=None):
+    """Run ``jobs`` as the inference config's ``evaluator`` does: a ``SupervisedEvaluator`` over a DataLoader of
+    the jobs (collated by ``collate_jobs``, prepared by ``transform``), ``sampler`` as its inferer, ``writer``
+    as its handler."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+
+    loader = DataLoader(
+        Dataset(list(jobs), transform=transform),
+        batch_size=int(batch_size),
+        shuffle=False,
+        num_workers=0,
+        collate_fn=collate_jobs,
+    )
+    evaluator = SupervisedEvaluator(
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        inferer=sampler,
+        prepare_batch=prepare_job_batch,
+        val_handlers=[writer],
+        decollate=False,
+    )
+    evaluator.run()
+
+
+class AppService:
+    """What the app's page asks for, without the page: generate images, edit a radiograph.
+
+    Args:
+        sampler: the config's ``inferer`` (a ``GuidedLatentSampler`` with the networks loaded).
+        network: the config's diffusion UNet.
+        noise_schedule: the config's ``noise_schedule`` (a request's scheduler is built over it).
+        sampling_settings: the config's ``sampling_settings`` (what decides the pixels; hashed into names).
+        device: the config's device.
+        output_format: the config's; the app writes PNG (and a DICOM copy), so it must be ``png``.
+        batch_size: images per UNet call, as on the command line.
+        image_size: side of generated and edited images (pixels).
+        feather_pixels: width of the keep region's blend in edits (configs/edit.json's default).
+        scale_factor: the config's (checked as on the command line).
+        max_images: most images one request may ask for (>= 1).
+    """
+
+    def __init__(
+        self,
+        sampler: GuidedLatentSampler,
+        network: torch.nn.Module,
+        noise_schedule: dict,
+        sampling_settings: dict,
+        device,
+        output_format: str = "png",
+        batch_size: int = 1,
+        image_size: int = 512,
+        feather_pixels: int = 8,
+        scale_factor: float = 0.3,
+        max_images: int = 8,
+    ) -> None:
+        if str(output_format).lower() != "png":
+            raise SettingsError(
+                f"--output_format {output_format!r}: the app writes PNG and a DICOM copy of every image; leave "
+                "--output_format at png."
+            )
+        self.sampler = sampler
+        self.network = network
+        self.noise_schedule = dict(noise_schedule)
+        self.sampling_settings = dict(sampling_settings)
+        self.device = device
+        self.batch_size = as_int(batch_size, "--batch_size", 1)
+        self.image_size = as_int(image_size, "--image_size", 8)
+        self.feather_pixels = as_int(feather_pixels, "--feather_pixels", 0)
+        self.scale_factor = scale_factor
+        self.max_images = as_int(max_images, "--max_images", 1)
+
+    # -- checks ------------------------------------------------------------------------------------
+    def check_request(self, num_images, num_inference_steps, guidance_scale, scheduler_name) -> dict:
+        """The request's sampling settings, checked as the command line checks its own; a ``SettingsError``
+        (one line, naming the field and the fix) for a bad one."""
+        check_settings("png", num_inference_steps, guidance_scale, self.batch_size, num_images, None, self.scale_factor)
+        num_images = as_int(num_images, "number of images", 1)
+        if num_images > self.max_images:
+            raise SettingsError(
+                f"number of images must be <= {self.max_images}, got {num_images}: ask for fewer, or start the app "
+                "with a larger --max_images."
+            )
+        if str(scheduler_name).lower() not in SCHEDULERS:
+            raise SettingsError(f"scheduler {scheduler_name!r} is unknown: choose one of {sorted(SCHEDULERS)}.")
+        return {
+            "num_images": num_images,
+            "num_inference_steps": as_int(num_inference_steps, "--num_inference_steps", 1),
+            "guidance_scale": float(guidance_scale),
+            "scheduler": str(scheduler_name).lower(),
+        }
+
+    def _sampler(self, settings: dict, feather_pixels: int | None = None) -> GuidedLatentSampler:
+        scheduler = build_scheduler(settings["scheduler"], **self.noise_schedule)
+        return request_sampler(
+            self.sampler, scheduler, settings["num_inference_steps"], settings["guidance_scale"], feather_pixels
+        )
+
+    def _job_settings(self, settings: dict) -> dict:
+        """``sampling_settings`` with the request's steps, guidance and scheduler (the config's keys)."""
+        return {**self.sampling_settings, **{k: v for k, v in settings.items() if k != "num_images"}}
+
+    # -- requests ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        output_dir: str,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int = 42,
+        num_images: int = 1,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.0,
+        scheduler_name: str = "unipc_karras",
+    ) -> list[dict]:
+        """Generate ``num_images`` images of ``prompt`` (seeds ``seed, seed+1, ...``) into ``output_dir``.
+
+        Returns one dict per image: ``image`` (PNG path, 8-bit grey ``image_size``²), ``dicom`` (path) and
+        ``row`` (its manifest row: file, prompt, seed, steps, guidance, scheduler, ...). Images already in
+        ``output_dir`` (same prompt, seed and settings) are not made again.
+        """
+        settings = self.check_request(num_images, num_inference_steps, guidance_scale, scheduler_name)
+        jobs = sampling_jobs(prompt, negative_prompt, None, seed, settings["num_images"], self._job_settings(settings))
+        self._run(jobs, output_dir, self._sampler(settings), AppSampleWriter, MANIFEST_COLUMNS)
+        return self._results(jobs, output_dir)
+
+    def edit(
+        self,
+        output_dir: str,
+        image: str,
+        prompt: str,
+        negative_prompt: str = "",
+        edit_mask: str | None = None,
+        keep_mask: str | None = None,
+        strength: float = 0.6,
+        seed: int = 42,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.0,
+        scheduler_name: str = "unipc_karras",
+    ) -> dict:
+        """Edit the radiograph file ``image`` (PNG/JPEG/DICOM) as configs/edit.json does, into ``output_dir``.
+
+        ``edit_mask`` / ``keep_mask``: mask files (white = inside) or None. Returns ``image``, ``dicom``,
+        ``row`` as ``generate`` does, plus ``comparison`` and ``difference`` (paths of the figures).
+        """
+        settings = self.check_request(1, num_inference_steps, guidance_scale, scheduler_name)
+        check_edit_settings(strength, self.feather_pixels)
+        job_settings = {**self._job_settings(settings), "feather_pixels": self.feather_pixels}
+        job_settings["image_size"] = self.image_size
+        jobs = edit_jobs(
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            edit_mask=edit_mask,
+            keep_mask=keep_mask,
+            strength=strength,
+            seed=seed,
+            settings=job_settings,
+        )
+        check_edit_inputs(jobs, self.image_size)
+        sampler = self._sampler(settings, feather_pixels=self.feather_pixels)
+        self._run(jobs, output_dir, sampler, AppEditWriter, EDIT_MANIFEST_COLUMNS, LoadEditInputs(self.image_size))
+        (result,) = self._results(jobs, output_dir)
+        job = jobs[0]
+        result["comparison"] = os.path.join(output_dir, job["comparison_file"])
+        result["difference"] = os.path.join(output_dir, job["difference_file"])
+        return result
+
+    def _run(self, jobs, output_dir, sampler, writer_class, columns, transform=None) -> None:
+        missing_copy = [job for job in jobs if not os.path.isfile(dicom_path(output_dir, job))]
+        names = {job["name"] for job in pending_jobs(jobs, output_dir, 0, 1) + missing_copy}
+        pending = [job for job in jobs if job["name"] in names]
+        if pending:
+            writer = writer_class(output_dir, "png", jobs)
+            run_jobs(pending, sampler, self.network, writer, self.batch_size, self.device, transform)
+        finalize_manifest(jobs, output_dir, columns)
+
+    @staticmethod
+    def _results(jobs, output_dir) -> list[dict]:
+        rows = read_manifest(os.path.join(output_dir, MANIFEST))
+        results = []
+        for job in jobs:
+            image = existing_image(output_dir, job["name"])
+            results.append({"image": image, "dicom": dicom_path(output_dir, job), "row": rows[os.path.basename(image)]})
+        return results
+
+
+def save_mask(mask: np.ndarray, folder: str, what: str) -> str:
+    """Save a painted mask (H, W) of bools as a white-on-black PNG in ``folder``; its path.
+
+    The name is the mask's content hash, so the same mask is saved once and an edit's name stays the same.
+    """
+    pixels = np.asarray(mask, dtype=bool).astype(np.uint8) * 255
+    digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()[:16]
+    name = f"{what}_{digest}.png"
+    path = os.path.join(folder, MASKS_DIR, name)
+    if not os.path.isfile(path):
+        with atomic_path(path) as temporary:
+            Image.fromarray(pixels, mode="L").save(temporary, format="PNG")
+    return path
