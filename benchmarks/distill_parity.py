@@ -459,8 +459,6 @@ def main(
 if __name__ == "__main__":
     import fire
 
-    torch.set_num_threads(1)  # on a shared 2-core machine one thread per process wastes less time waiting
-
     def cli(**kwargs) -> None:
         main(**kwargs)
 
