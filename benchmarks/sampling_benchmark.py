@@ -371,6 +371,18 @@ def _parity_recipe(entry) -> tuple[str, dict]:
     return str(label), {**REFERENCE, **settings}
 
 
+def parity_distances(result, reference) -> dict:
+    """Latent RMSE, pixel RMSE and relative feature distance of one sampler's (latents, images, features) to a
+    reference's, image by image from the same noise and text (means over the images)."""
+    latents, images, features = result
+    ref_latents, ref_images, ref_features = reference
+    return {
+        "latent_rmse": float(((latents - ref_latents) ** 2).mean().sqrt()),
+        "pixel_rmse": float(((images - ref_images) ** 2).mean().sqrt()),
+        "feature_distance": float((features - ref_features).norm(dim=1).mean() / ref_features.norm(dim=1).mean()),
+    }
+
+
 def parity(
     model_dir: str,
     config_file,
@@ -434,17 +446,9 @@ def parity(
             results[label] = (latents.float(), images, xrv.image_features(densenet, images))
     tables, fewest = {}, {}
     for reference in reference_labels:
-        ref_latents, ref_images, ref_features = results[reference]
         table = tables[reference] = {}
         for name in [r for r in reference_labels if r != reference] + sampler_labels:
-            latents, images, features = results[name]
-            table[name] = {
-                "latent_rmse": float(((latents - ref_latents) ** 2).mean().sqrt()),
-                "pixel_rmse": float(((images - ref_images) ** 2).mean().sqrt()),
-                "feature_distance": float(
-                    (features - ref_features).norm(dim=1).mean() / ref_features.norm(dim=1).mean()
-                ),
-            }
+            table[name] = parity_distances(results[name], results[reference])
         baseline = table.get("ddim-50")
         fewest[reference] = {}
         for name in [entry for entry in samplers if isinstance(entry, str)]:

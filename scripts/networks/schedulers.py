@@ -19,6 +19,8 @@ SCHEDULERS = {
     "dpmpp_2m": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
     "dpmpp_2m_karras": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
     "unipc_karras": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
+    # a latent consistency student (scripts/training/distillation.py), 1-8 steps, guidance built in
+    "lcm": "scripts.networks.lcm:LCMSamplingScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).
@@ -53,7 +55,7 @@ def is_stochastic(scheduler) -> bool:
     """Whether ``step`` draws noise (then each image must be stepped with its own generator)."""
     from monai.networks.schedulers import DDPMScheduler
 
-    return isinstance(scheduler, DDPMScheduler)
+    return isinstance(scheduler, DDPMScheduler) or bool(getattr(scheduler, "stochastic", False))
 
 
 def noise_scales(scheduler, index: int) -> tuple[float, float]:

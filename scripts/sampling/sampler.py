@@ -226,7 +226,7 @@ class GuidedLatentSampler(Inferer):
         """Run the guided denoising loop from ``latents`` (B, *latent_shape) to clean latents (B, *latent_shape).
 
         Args:
-            seeds: seed the per-image generators of stochastic schedulers (DDPM), so that their noise also
+            seeds: seed the per-image generators of stochastic schedulers (DDPM, LCM), so that their noise also
                 depends on the image alone.
             start_index: the first step to run: ``latents`` are at the noise level of
                 ``scheduler.timesteps[start_index]`` (0 for text-to-image; later for image-to-image).

@@ -37,7 +37,14 @@ def as_finite(value, what: str, positive: bool = False) -> float:
 
 
 def check_settings(
-    output_format: str, num_inference_steps, guidance_scale, batch_size, num_samples, device=None, scale_factor=1.0
+    output_format: str,
+    num_inference_steps,
+    guidance_scale,
+    batch_size,
+    num_samples,
+    device=None,
+    scale_factor=1.0,
+    scheduler_name=None,
 ) -> None:
     """Fail early, before any model is loaded or file written, on settings that cannot work."""
     if device is not None:
@@ -53,5 +60,30 @@ def check_settings(
     as_int(num_inference_steps, "--num_inference_steps", 1)
     as_int(batch_size, "--batch_size", 1)
     as_int(num_samples, "--num_samples", 1)
-    as_finite(guidance_scale, "--guidance_scale")
+    guidance = as_finite(guidance_scale, "--guidance_scale")
     as_finite(scale_factor, "--scale_factor", positive=True)
+    if scheduler_name is not None:
+        check_scheduler(scheduler_name, num_inference_steps, guidance)
+
+
+def check_scheduler(scheduler_name, num_inference_steps, guidance_scale: float) -> None:
+    """The scheduler exists, and a consistency student (``lcm``) gets 1-8 steps and no second guidance branch."""
+    from scripts.networks.lcm import MAX_STEPS
+    from scripts.networks.schedulers import SCHEDULERS
+
+    name = str(scheduler_name).lower()
+    if name not in SCHEDULERS:
+        raise SettingsError(f"--scheduler_name {scheduler_name!r} is not known: choose one of {sorted(SCHEDULERS)}.")
+    if name != "lcm":
+        return
+    steps = as_int(num_inference_steps, "--num_inference_steps", 1)
+    if steps > MAX_STEPS:
+        raise SettingsError(
+            f"--num_inference_steps {steps} is too many for --scheduler_name lcm: a distilled student samples in "
+            f"1-{MAX_STEPS} steps (4 is the default of docs/distillation.md)."
+        )
+    if guidance_scale != 1.0:
+        raise SettingsError(
+            f"--guidance_scale {guidance_scale:g} does not apply to --scheduler_name lcm: the distilled student has "
+            "guidance built in and runs one UNet pass per step; set --guidance_scale 1."
+        )

@@ -87,6 +87,16 @@ def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = 
     return [str(f) for f in files]
 
 
+def distill_configs(multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+    """Config files of a tiny distillation run: the diffusion stage, ``distill.json``, then the tiny overlays."""
+    files = stage_configs("diffusion")
+    files.insert(files.index(str(CONFIGS / "train_diffusion.json")) + 1, str(CONFIGS / "distill.json"))
+    files.append(str(TEST_CONFIGS / "tiny_distill.json"))
+    if multi_gpu:
+        files.append(str(CONFIGS / "multi_gpu_train.json"))
+    return files + [str(f) for f in extra]
+
+
 def config_file_arg(files: list[str]) -> str:
     """``--config_file`` value of a list of files."""
     return "[" + ",".join(f"'{f}'" for f in files) + "]"

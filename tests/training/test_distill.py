@@ -1,0 +1,84 @@
+"""Latent consistency distillation through the CLI: it trains, resumes, and its student samples with ``lcm``.
+
+The teacher is a tiny random UNet (this bundle's layout); the data, 24 synthetic subjects at 64 px.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from helpers.bundle import distill_configs, run_bundle, run_inference
+from helpers.data import make_prepared_synthetic
+from helpers.networks import write_tiny_weights
+from helpers.training import image_tags, scalar_series
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """One epoch of distillation, then the same command with ``--max_epochs 2`` (a resume)."""
+    root = tmp_path_factory.mktemp("distill")
+    teacher_dir = write_tiny_weights(root / "teacher")
+    dataset_dir = make_prepared_synthetic(root / "data", num_subjects=24, image_size=64)
+    overrides = {
+        "dataset_dir": dataset_dir,
+        "train_dir": root / "student",
+        "model_dir": teacher_dir,
+        "load_old": False,
+        "text_encoder_source": teacher_dir / "text_encoder",
+    }
+    first = run_bundle(distill_configs(), {**overrides, "max_epochs": 1})
+    second = run_bundle(distill_configs(), {**overrides, "max_epochs": 2})
+    return {"root": root, "teacher": teacher_dir, "student": root / "student", "logs": (first, second)}
+
+
+def test_distillation_trains_a_student_and_resumes(distilled):
+    first, second = (run.stdout + run.stderr for run in distilled["logs"])
+    student = distilled["student"]
+    assert "Epoch: 1/1, Iter: 6/6" in first
+    assert f"Resuming training from '{student}/checkpoint_epoch=1.pt'" in second
+    assert "Epoch: 2/2, Iter: 1/6" in second and "Epoch: 1/2," not in second
+    checkpoint = torch.load(student / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 12
+    teacher = torch.load(distilled["teacher"] / "model.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["network"].keys() == teacher.keys(), "the student is the teacher's class and layout"
+    moved = [k for k in teacher if not torch.equal(teacher[k], checkpoint["network"][k])]
+    assert moved, "distillation changed the student's weights"
+    name = moved[0]
+    assert not torch.equal(checkpoint["network"][name], checkpoint["ema_network"][name]), "the target is an EMA"
+    final = torch.load(student / "model_final.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(final[name], checkpoint["ema_network"][name]), "model_final.pt is the target network"
+    losses = [value for _, value in scalar_series(student / "logs", "train_loss")]
+    assert len(losses) == 12 and all(value > 0 for value in losses)
+    assert len(scalar_series(student / "logs", "val_loss")) == 2
+    assert "samples" in image_tags(student / "logs"), "LCM samples of the student are logged every epoch"
+
+
+def test_student_samples_with_lcm_and_the_manifest_names_it(distilled, tmp_path):
+    import pydicom
+
+    from scripts.common.hashing import fingerprint
+
+    student = distilled["student"] / "model.pt"
+    images = run_inference(
+        distilled["teacher"],
+        tmp_path / "out",
+        diffusion_path=str(student),
+        scheduler_name="lcm",
+        guidance_scale=1,
+        num_inference_steps=2,
+        num_samples=2,
+        output_format="dcm",
+    )
+    assert len(images) == 2
+    with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["scheduler"] for row in rows} == {"lcm"} and {row["guidance_scale"] for row in rows} == {"1"}
+    assert {row["diffusion_weights"] for row in rows} == {fingerprint(str(student))}
+    assert fingerprint(str(student)) != fingerprint(str(distilled["teacher"] / "model.pt"))
+
+    comments = json.loads(pydicom.dcmread(images[0]).ImageComments.split(". ", 1)[1])
+    assert comments["scheduler"] == "lcm" and comments["diffusion_weights"] == fingerprint(str(student))
