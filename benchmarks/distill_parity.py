@@ -459,8 +459,4 @@ def main(
 if __name__ == "__main__":
     import fire
 
-    def cli(**kwargs) -> None:
-        main(**kwargs)
-
-    cli.__doc__ = main.__doc__
-    fire.Fire(cli)
+    fire.Fire(main, serialize=lambda report: None)

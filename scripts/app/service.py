@@ -30,7 +30,7 @@ from scripts.editing.inputs import LoadEditInputs, check_edit_inputs
 from scripts.editing.jobs import edit_jobs
 from scripts.editing.settings import check_edit_settings
 from scripts.editing.writer import EDIT_MANIFEST_COLUMNS, EditWriter
-from scripts.networks.schedulers import SCHEDULERS, build_scheduler
+from scripts.networks.schedulers import build_scheduler
 from scripts.sampling.jobs import collate_jobs, pending_jobs, prepare_job_batch, sampling_jobs
 from scripts.sampling.sampler import GuidedLatentSampler
 from scripts.sampling.settings import SettingsError, as_int, check_settings
@@ -185,15 +185,16 @@ class AppService:
     def check_request(self, num_images, num_inference_steps, guidance_scale, scheduler_name) -> dict:
         """The request's sampling settings, checked as the command line checks its own; a ``SettingsError``
         (one line, naming the field and the fix) for a bad one."""
-        check_settings("png", num_inference_steps, guidance_scale, self.batch_size, num_images, None, self.scale_factor)
+        check_settings(
+            "png", num_inference_steps, guidance_scale, self.batch_size, num_images, None, self.scale_factor,
+            scheduler_name=scheduler_name,
+        )  # fmt: skip
         num_images = as_int(num_images, "number of images", 1)
         if num_images > self.max_images:
             raise SettingsError(
                 f"number of images must be <= {self.max_images}, got {num_images}: ask for fewer, or start the app "
                 "with a larger --max_images."
             )
-        if str(scheduler_name).lower() not in SCHEDULERS:
-            raise SettingsError(f"scheduler {scheduler_name!r} is unknown: choose one of {sorted(SCHEDULERS)}.")
         return {
             "num_images": num_images,
             "num_inference_steps": as_int(num_inference_steps, "--num_inference_steps", 1),

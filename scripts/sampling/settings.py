@@ -55,7 +55,7 @@ def check_settings(
             raise SettingsError(f"--device {device} does not exist: {torch.cuda.device_count()} GPU(s) are visible.")
     if str(output_format).lower() not in OUTPUT_FORMATS:
         raise SettingsError(
-            f"--output_format {output_format!r} is not supported: choose one of {sorted(OUTPUT_FORMATS)}."
+            f"--output_format {output_format!r} is not supported: choose one of {list(OUTPUT_FORMATS)}."
         )
     as_int(num_inference_steps, "--num_inference_steps", 1)
     as_int(batch_size, "--batch_size", 1)

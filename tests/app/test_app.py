@@ -228,6 +228,8 @@ def _call(url: str, api_name: str, data: list) -> str:
         ({"num_images": 0}, "--num_samples must be >= 1, got 0."),
         ({"num_images": 9}, "number of images must be <= 8, got 9"),
         ({"scheduler_name": "euler"}, "euler is not in the list of choices"),  # Gradio's check of the dropdown
+        # a distilled student's sampler refuses a second guidance branch, as on the command line
+        ({"scheduler_name": "lcm", "guidance_scale": 7.0}, "does not apply to --scheduler_name lcm"),
     ],
 )
 def test_api_refuses_bad_settings_with_the_bundles_message(app, changes, message):

@@ -316,6 +316,16 @@ def test_dicom_and_16_bit_inputs_are_edited(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     [edited] = run_edit(tiny_model_dir, out, image=str(dicom), strength=0.0, output_format="dcm")
     assert edited.suffix == ".dcm" and os.path.getsize(edited) > 0
+    # the edited object is a conformant synthetic Secondary Capture, read back without force
+    import pydicom
+
+    from scripts.data.dicom import CHARACTER_SET, SECONDARY_CAPTURE_SOP_CLASS
+
+    ds = pydicom.dcmread(edited, force=False)
+    assert ds.SOPClassUID == SECONDARY_CAPTURE_SOP_CLASS and ds.ConversionType == "SYN"
+    assert ds.SpecificCharacterSet == CHARACTER_SET and int(ds.InstanceNumber) == 1
+    prepared, _ = load_edit_image(str(dicom), SIZE)  # strength 0: the prepared input itself
+    np.testing.assert_allclose(ds.pixel_array / 65535.0, prepared[0].numpy(), atol=1 / 65535 + 1e-6)
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm", "pndm", "dpmpp_2m", "unipc_karras"])

@@ -66,5 +66,5 @@ def test_the_settings_check_accepts_exactly_the_registered_formats(text_format):
     from scripts.sampling.settings import SettingsError, check_settings
 
     check_settings(output_format="txt", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
-    with pytest.raises(SettingsError, match=r"choose one of \['dcm', 'jpg', 'png', 'pt', 'txt'\]"):
+    with pytest.raises(SettingsError, match=r"choose one of \['png', 'jpg', 'pt', 'dcm', 'txt'\]"):
         check_settings(output_format="bmp", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
