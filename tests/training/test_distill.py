@@ -82,3 +82,31 @@ def test_student_samples_with_lcm_and_the_manifest_names_it(distilled, tmp_path)
 
     comments = json.loads(pydicom.dcmread(images[0]).ImageComments.split(". ", 1)[1])
     assert comments["scheduler"] == "lcm" and comments["diffusion_weights"] == fingerprint(str(student))
+
+
+def test_two_ranks_distil_one_student(distilled, tmp_path):
+    """torchrun with multi_gpu_train.json, as the other stages: each rank distils on its half of the data and
+    DDP keeps the students identical; rank 0 writes the checkpoint."""
+    from helpers.bundle import TEST_CONFIGS
+
+    teacher_dir = distilled["teacher"]
+    overrides = {
+        "dataset_dir": distilled["root"] / "data" / "prepared",
+        "train_dir": tmp_path,
+        "model_dir": teacher_dir,
+        "load_old": False,
+        "text_encoder_source": teacher_dir / "text_encoder",
+        "max_epochs": 1,
+        "sample_interval": 0,
+        "rank_weights_network": "@diffusion_model",
+    }
+    files = distill_configs(multi_gpu=True, extra=(str(TEST_CONFIGS / "tiny_train_rank_weights.json"),))
+    run_bundle(files, overrides, torchrun_procs=2, master_port=29565)
+    rank0 = torch.load(tmp_path / "rank0_weights.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1_weights.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    teacher = torch.load(teacher_dir / "model.pt", map_location="cpu", weights_only=True)
+    assert any(not torch.equal(teacher[k], rank0[k]) for k in teacher), "the students were trained"
+    checkpoint = torch.load(tmp_path / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 3, "24 images / 2 ranks / batch 4 = 3 iterations an epoch"
+    assert all(torch.equal(checkpoint["network"][k], rank0[k]) for k in rank0)
