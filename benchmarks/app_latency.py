@@ -27,8 +27,8 @@ def write_random_weights(weights_dir: Path) -> Path:
     import torch
 
     from benchmarks.sampling_benchmark import random_text_encoder
-    from tests.helpers.bundle import INFERENCE_CONFIG, load_parser
-    from tests.helpers.networks import fill_zero_initialised
+    from scripts.common.configs import INFERENCE_CONFIG, load_parser
+    from scripts.networks.weights import fill_zero_initialised
 
     weights_dir.mkdir(parents=True, exist_ok=True)
     if (weights_dir / "model.pt").is_file() and (weights_dir / "text_encoder").is_dir():

@@ -43,8 +43,8 @@ from benchmarks.sampling_benchmark import (
     parity_distances,
     time_recipe,
 )
+from scripts.common.configs import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 from scripts.common.files import atomic_write_json
-from tests.helpers.bundle import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 DISTILL_CONFIGS = [
     str(CONFIGS / name)
@@ -71,12 +71,14 @@ def distil(
     """Run ``configs/distill.json`` on the parity model for about ``minutes``; returns what the run did."""
     from ignite.engine import Events
 
-    from tests.helpers.data import make_prepared_synthetic
+    from scripts.data.prepare import prepare
+    from scripts.data.synthetic import generate
 
     info = json.loads((model_dir / "parity_model.json").read_text())
     dataset_dir = work_dir / "prepared"
-    if not (dataset_dir / "datalist.json").exists():
-        dataset_dir = make_prepared_synthetic(work_dir, num_subjects=num_subjects, image_size=64, seed=seed + 7)
+    if not (dataset_dir / "datalist.json").exists():  # synthetic radiographs drawn a quarter larger, then prepared
+        generate(str(work_dir / "raw"), num_subjects=num_subjects, seed=seed + 7, image_size=80, reports="tree")
+        prepare(str(work_dir / "raw"), str(dataset_dir), short_side=64, num_workers=0, progress=False)
     train_dir = work_dir / "student"
     parser = load_parser(
         [*DISTILL_CONFIGS, TINY_OVERLAY],

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scripts.common.configs import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY
 from scripts.common.files import atomic_write_json
-from tests.helpers.bundle import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY
 
 EFFUSION_PROMPT = "large left pleural effusion"
 NORMAL_PROMPT = "no acute cardiopulmonary process"
@@ -118,7 +118,7 @@ def main(
 
     model_dir, out = Path(parity_model_dir), Path(output_dir)
     info = json.loads((model_dir / "parity_model.json").read_text())
-    size = 64  # the parity model's images (tests/configs/tiny_inference.json)
+    size = 64  # the parity model's images (configs/tiny/inference.json)
     edits = write_inputs(out / "inputs", num_images, size, seed)
     started = time.time()
     run(

@@ -41,20 +41,18 @@ from benchmarks.sampling_benchmark import (
     unet_flops,
 )
 from benchmarks.sampling_benchmark import main as sampling_benchmark
+from scripts.common.configs import BUNDLE_ROOT, CONFIGS, INFERENCE_CONFIG, TINY_CONFIGS, TINY_OVERLAY, load_parser
 from scripts.networks.precision import resolve_precision
-from tests.helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 #: Dense bf16 peak of the H100 SXM (the H200 has the same tensor cores), TFLOP/s.
 H100_BF16_TFLOPS = 989.0
-CONFIGS = BUNDLE_ROOT / "configs"
-TEST_CONFIGS = BUNDLE_ROOT / "tests" / "configs"
 STAGE_FILES = {
     "autoencoder": ["data.json", "train.json", "train_autoencoder.json"],
     "diffusion": ["data.json", "train.json", "train_diffusion.json"],
 }
 TINY_STAGE_FILES = {
-    "autoencoder": ["tiny_train.json", "tiny_train_autoencoder.json"],
-    "diffusion": ["tiny_train.json", "tiny_train_diffusion.json"],
+    "autoencoder": ["train.json", "train_autoencoder.json"],
+    "diffusion": ["train.json", "train_diffusion.json"],
 }
 #: What the JSON holds; the test checks every field is there.
 SAMPLING_FIELDS = ("batch_size", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
@@ -211,7 +209,7 @@ def train_stage(
 
     files = _config_files(tiny, *(str(CONFIGS / f) for f in STAGE_FILES[stage]))
     if tiny:
-        files += [str(TEST_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
+        files += [str(TINY_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
     overrides = {
         "bundle_root": str(BUNDLE_ROOT),
         "device": str(device),

@@ -2,7 +2,7 @@
 
 Quality parity between samplers (``sampling_benchmark.py --parity_model_dir``) needs a model whose
 probability-flow ODE has learned structure; random weights do not. This trains the tiny architecture of
-``tests/configs/tiny_inference.json`` (autoencoder (8,16,16,16), UNet (32,64,64), 64 px images, 3×8×8
+``configs/tiny/inference.json`` (autoencoder (8,16,16,16), UNet (32,64,64), 64 px images, 3×8×8
 latents) on images and report sentences drawn by ``scripts.data.synthetic``, with the bundle's recipe
 reduced to its core: L1 + KL autoencoder, then v-prediction MSE on the model's noise schedule with the
 null prompt substituted 10 % of the time. It is a benchmark fixture, not the bundle's training (which is
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scripts.common.configs import TOKENIZER_DIR, tiny_parser
 from scripts.networks.tiny_text_encoder import make_tiny_text_encoder
-from tests.helpers.bundle import TOKENIZER_DIR, tiny_parser
 
 
 def synthetic_set(num_images: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
+from scripts.common.configs import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 from scripts.networks.compilation import resolve_compile
 from scripts.networks.precision import bf16_native, choose_precision, cpu_flags, cpu_model
-from tests.helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
 
 PROMPT = "Big right-sided pleural effusion"
 REFERENCE = {

@@ -2,7 +2,7 @@
 
 Helpers live in ``tests/helpers`` (imported as ``helpers.<module>``); this file holds only fixtures.
 Nothing here downloads: the tiny networks are built from the bundle's configs with the overlay
-``tests/configs/tiny_inference.json`` and random weights. Nothing writes to the user's cache folder: the CPU
+``configs/tiny/inference.json`` and random weights. Nothing writes to the user's cache folder: the CPU
 precision probe caches in a temporary file (its own tests point it at their own).
 """
 

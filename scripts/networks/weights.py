@@ -154,3 +154,18 @@ def load_weights(
             "settings."
         ) from None
     return network.to(device).eval()
+
+
+def fill_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Give every all-zero weight tensor of ``module`` random values (N(0, std^2)), in place.
+
+    MONAI's ``DiffusionModelUNet`` zero-initialises its output convolution (and the last layer of each
+    residual and attention block), so a freshly built UNet predicts exactly 0 and every speed switch would
+    trivially "match" fp32. Filling them makes the random network's output depend on its input.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return module

@@ -16,7 +16,6 @@ from PIL import Image
 from helpers.bundle import (
     CONFIGS,
     INFERENCE_CONFIG,
-    TEST_CONFIGS,
     TINY_OVERLAY,
     bundle_run_command,
     cli_env,
@@ -289,7 +288,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, message, tiny_model_d
 
 
 def test_cli_edit_error_ends_with_the_one_line_message(tiny_model_dir, tmp_path, inputs):
-    files = [INFERENCE_CONFIG, str(TEST_CONFIGS / "tiny_inference.json"), EDIT_CONFIG]
+    files = [INFERENCE_CONFIG, TINY_OVERLAY, EDIT_CONFIG]
     overrides = tiny_run_settings(tiny_model_dir, tmp_path / "out", image=str(inputs["image"]), strength=2)
     result = subprocess.run(
         bundle_run_command(files, overrides), cwd=tmp_path, env=cli_env(bundle_on_path=False),

@@ -7,29 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = BUNDLE_ROOT / "configs"
+from scripts.common.configs import (  # noqa: F401  (re-exported for the tests)
+    BUNDLE_ROOT,
+    CONFIGS,
+    INFERENCE_CONFIG,
+    TINY_CONFIGS,
+    TINY_OVERLAY,
+    TOKENIZER_DIR,
+    load_parser,
+    tiny_parser,
+)
+
 TEST_CONFIGS = BUNDLE_ROOT / "tests" / "configs"
-INFERENCE_CONFIG = str(CONFIGS / "inference.json")
-TINY_OVERLAY = str(TEST_CONFIGS / "tiny_inference.json")
-TOKENIZER_DIR = str(BUNDLE_ROOT / "tokenizer")
-
-
-def load_parser(config_files, overrides: dict | None = None):
-    """ConfigParser of ``config_files`` (merged in order) with ``bundle_root`` and ``overrides`` set."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in (config_files if isinstance(config_files, (list, tuple)) else [config_files])])
-    parser["bundle_root"] = str(BUNDLE_ROOT)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
-
-
-def tiny_parser(*extra_files: str, **overrides):
-    """ConfigParser of inference.json + the tiny overlay (+ ``extra_files``), with ``overrides`` applied."""
-    return load_parser([INFERENCE_CONFIG, TINY_OVERLAY, *extra_files], overrides)
 
 
 def tiny_run_settings(model_dir: Path, output_dir: Path, **overrides) -> dict:
@@ -77,9 +66,9 @@ def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = 
         CONFIGS / "data.json",
         CONFIGS / "train.json",
         CONFIGS / f"train_{stage}.json",
-        TEST_CONFIGS / "tiny_inference.json",
-        TEST_CONFIGS / "tiny_train.json",
-        TEST_CONFIGS / f"tiny_train_{stage}.json",
+        TINY_CONFIGS / "inference.json",
+        TINY_CONFIGS / "train.json",
+        TINY_CONFIGS / f"train_{stage}.json",
     ]
     if multi_gpu:
         files.append(CONFIGS / "multi_gpu_train.json")
@@ -91,7 +80,7 @@ def distill_configs(multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> lis
     """Config files of a tiny distillation run: the diffusion stage, ``distill.json``, then the tiny overlays."""
     files = stage_configs("diffusion")
     files.insert(files.index(str(CONFIGS / "train_diffusion.json")) + 1, str(CONFIGS / "distill.json"))
-    files.append(str(TEST_CONFIGS / "tiny_distill.json"))
+    files.append(str(TINY_CONFIGS / "distill.json"))
     if multi_gpu:
         files.append(str(CONFIGS / "multi_gpu_train.json"))
     return files + [str(f) for f in extra]

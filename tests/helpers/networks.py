@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
+from scripts.networks.weights import fill_zero_initialised  # noqa: F401  (re-exported for the tests)
+
 from .bundle import tiny_parser
 
-#: Width of the tiny text encoder: the tiny UNet's cross_attention_dim (tests/configs/tiny_inference.json).
+#: Width of the tiny text encoder: the tiny UNet's cross_attention_dim (configs/tiny/inference.json).
 TINY_TEXT_HIDDEN = 32
 
 
@@ -44,21 +46,6 @@ def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
     torch.save(unet.state_dict(), model_dir / "model.pt")
     make_tiny_text_encoder(seed=seed).save_pretrained(model_dir / "text_encoder")
     return model_dir
-
-
-def fill_zero_initialised(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Give every all-zero weight tensor of ``module`` random values (N(0, std^2)), in place.
-
-    MONAI's ``DiffusionModelUNet`` zero-initialises its output convolution (and the last layer of each
-    residual and attention block), so a freshly built UNet predicts exactly 0 and every speed switch would
-    trivially "match" fp32. Filling them makes the random network's output depend on its input.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if parameter.dim() > 1 and not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return module
 
 
 def openclip_state_dict(width=128, layers=3, vocab=49408, context=77, seed=0):

@@ -2,7 +2,7 @@
 
 The solver is checked on Gaussian data, where the ideal denoiser and the exact probability-flow ODE
 solution are analytic (``helpers_sampling``), and against the update of Lu et al. (2022), Algorithm 2.
-The speed switches are checked on the tiny networks of ``tests/configs/tiny_inference.json``, built
+The speed switches are checked on the tiny networks of ``configs/tiny/inference.json``, built
 through ``configs/inference.json`` so that the config keys users set are what is tested.
 """
 

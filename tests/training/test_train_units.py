@@ -17,15 +17,15 @@ DIFFUSION = (
     "configs/data.json",
     "configs/train.json",
     "configs/train_diffusion.json",
-    "tests/configs/tiny_train.json",
-    "tests/configs/tiny_train_diffusion.json",
+    "configs/tiny/train.json",
+    "configs/tiny/train_diffusion.json",
 )
 AUTOENCODER = (
     "configs/data.json",
     "configs/train.json",
     "configs/train_autoencoder.json",
-    "tests/configs/tiny_train.json",
-    "tests/configs/tiny_train_autoencoder.json",
+    "configs/tiny/train.json",
+    "configs/tiny/train_autoencoder.json",
 )
 
 

@@ -15,7 +15,15 @@ import time
 import pytest
 import torch
 
-from helpers.bundle import BUNDLE_ROOT, TEST_CONFIGS, bundle_run_command, cli_env, run_bundle, stage_configs
+from helpers.bundle import (
+    BUNDLE_ROOT,
+    TEST_CONFIGS,
+    TINY_OVERLAY,
+    bundle_run_command,
+    cli_env,
+    run_bundle,
+    stage_configs,
+)
 from helpers.data import make_prepared_synthetic
 from helpers.networks import write_tiny_weights
 from helpers.training import image_tags, scalar_series
@@ -112,7 +120,7 @@ def test_diffusion_stage_trains_on_the_first_stage_autoencoder(trained):
 
 
 def test_trained_weights_sample_through_the_inference_config(trained, text_encoder_dir, tmp_path):
-    files = [str(BUNDLE_ROOT / "configs" / "inference.json"), str(TEST_CONFIGS / "tiny_inference.json")]
+    files = [str(BUNDLE_ROOT / "configs" / "inference.json"), TINY_OVERLAY]
     run_bundle(
         files,
         {
