@@ -139,6 +139,12 @@ def _lut_variant(name: str, bits: int, lut_bits: int, entries: int, first_mapped
     )
 
 
+def _windowed_12(name: str, **extra) -> Variant:
+    """The 12-bit gradient with window 1800 / 2600, written another way (``extra``: syntax, file name)."""
+    return Variant(name, gradient(12), lambda v: linear_window(v, 1800, 2600),
+                   {"WindowCenter": 1800, "WindowWidth": 2600}, **extra)  # fmt: skip
+
+
 def _junk_high_bits(stored: np.ndarray) -> bytes:
     junk = np.full(stored.shape, 0xB000, dtype=np.uint16)  # bits 12-15 set: outside Bits Stored 12
     return (stored.astype(np.uint16) | junk).astype("<u2").tobytes()
@@ -159,31 +165,31 @@ VARIANTS: list[Variant] = [
         lambda v: linear_window(v, 35000, 50000),
         {"WindowCenter": 35000, "WindowWidth": 50000},
         bits=16,
-    ),  # fmt: skip
+    ),
     Variant(
         "two_windows_first_used",
         _G12,
         lambda v: linear_window(v, 1500, 2000),
         {"WindowCenter": [1500, 3000], "WindowWidth": [2000, 500]},
-    ),  # fmt: skip
+    ),
     Variant(
         "window_linear_exact",
         _G12,
         lambda v: linear_exact_window(v, 2000, 3000),
         {"WindowCenter": 2000, "WindowWidth": 3000, "VOILUTFunction": "LINEAR_EXACT"},
-    ),  # fmt: skip
+    ),
     Variant(
         "window_sigmoid",
         _G12,
         lambda v: sigmoid_window(v, 2000, 3000),
         {"WindowCenter": 2000, "WindowWidth": 3000, "VOILUTFunction": "SIGMOID"},
-    ),  # fmt: skip
+    ),
     Variant(
         "rescale_window",
         _G12,
         lambda v: linear_window(v * 2.0 - 1000, 3500, 7000),
         {"RescaleSlope": 2, "RescaleIntercept": -1000, "WindowCenter": 3500, "WindowWidth": 7000},
-    ),  # fmt: skip
+    ),
     Variant(
         "rescale_no_window", _G12, lambda v: stretch(v * 0.5 + 100), {"RescaleSlope": 0.5, "RescaleIntercept": 100}
     ),
@@ -192,7 +198,7 @@ VARIANTS: list[Variant] = [
         _G12,
         lambda v: 1.0 - linear_window(v, 1500, 2500),
         {"PhotometricInterpretation": "MONOCHROME1", "WindowCenter": 1500, "WindowWidth": 2500},
-    ),  # fmt: skip
+    ),
     Variant(
         "monochrome1_inverse_shape",
         _G12,
@@ -203,26 +209,26 @@ VARIANTS: list[Variant] = [
             "WindowCenter": 1500,
             "WindowWidth": 2500,
         },
-    ),  # fmt: skip
+    ),
     Variant(
         "monochrome2_inverse_shape",
         _G12,
         lambda v: 1.0 - linear_window(v, 1500, 2500),
         {"PresentationLUTShape": "INVERSE", "WindowCenter": 1500, "WindowWidth": 2500},
-    ),  # fmt: skip
+    ),
     Variant(
         "monochrome2_identity_shape",
         _G12,
         lambda v: linear_window(v, 1500, 2500),
         {"PresentationLUTShape": "IDENTITY", "WindowCenter": 1500, "WindowWidth": 2500},
-    ),  # fmt: skip
+    ),
     Variant(
         "signed_window",
         _S12,
         lambda v: linear_window(v, 0, 3000),
         {"WindowCenter": 0, "WindowWidth": 3000},
         signed=True,
-    ),  # fmt: skip
+    ),
     Variant("signed_plain", _S12, expected=stretch, signed=True),
     Variant(
         "high_bit_junk",
@@ -230,13 +236,13 @@ VARIANTS: list[Variant] = [
         lambda v: linear_window(v, 2000, 4000),
         {"WindowCenter": 2000, "WindowWidth": 4000},
         raw_pixels=_junk_high_bits(_G12),
-    ),  # fmt: skip
+    ),
     _lut_variant("voi_lut_8bit", 12, lut_bits=8, entries=4096),
     _lut_variant("voi_lut_12bit", 12, lut_bits=12, entries=4096),
     _lut_variant("voi_lut_16bit", 16, lut_bits=16, entries=2**16, stored=_G16),
     _lut_variant(
         "voi_lut_with_window", 12, lut_bits=12, entries=4096, attributes={"WindowCenter": 500, "WindowWidth": 200}
-    ),  # fmt: skip
+    ),
     _lut_variant("voi_lut_partial_range", 12, lut_bits=12, entries=2048, first_mapped=1024),
     _lut_variant("voi_lut_signed", 12, lut_bits=16, entries=4096, first_mapped=-2048, signed=True, stored=_S12),
     _lut_variant(
@@ -246,31 +252,13 @@ VARIANTS: list[Variant] = [
         entries=4096,
         stored=_G12 // 2,
         attributes={"RescaleSlope": 2, "RescaleIntercept": 0},
-    ),  # fmt: skip
+    ),
     _lut_variant(
         "voi_lut_monochrome1", 12, lut_bits=12, entries=4096, attributes={"PhotometricInterpretation": "MONOCHROME1"}
-    ),  # fmt: skip
-    Variant(
-        "rle_lossless",
-        _G12,
-        lambda v: linear_window(v, 1800, 2600),
-        {"WindowCenter": 1800, "WindowWidth": 2600},
-        syntax="rle",
-    ),  # fmt: skip
-    Variant(
-        "implicit_vr",
-        _G12,
-        lambda v: linear_window(v, 1800, 2600),
-        {"WindowCenter": 1800, "WindowWidth": 2600},
-        syntax="implicit",
-    ),  # fmt: skip
-    Variant(
-        "no_extension",
-        _G12,
-        lambda v: linear_window(v, 1800, 2600),
-        {"WindowCenter": 1800, "WindowWidth": 2600},
-        file_name="IM000017",
-    ),  # fmt: skip
+    ),
+    _windowed_12("rle_lossless", syntax="rle"),
+    _windowed_12("implicit_vr", syntax="implicit"),
+    _windowed_12("no_extension", file_name="IM000017"),
     Variant("uid_named_17", _G12, expected=stretch, file_name="1.2.826.0.1.3680043.8.498.1.17"),
     Variant("uid_named_18", _G12[::-1].copy(), expected=stretch, file_name="1.2.826.0.1.3680043.8.498.1.18"),
     # files to refuse, with the start of the reason
