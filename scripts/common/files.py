@@ -9,7 +9,6 @@ final name. Temporary names keep the final extension (libraries choose the forma
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -68,8 +67,10 @@ def locked_file(path: str | os.PathLike) -> Iterator[int]:
     """Open (creating) ``path`` read-write and hold an exclusive lock on it; yield the file descriptor.
 
     Processes that lock the same file (ranks of one run, two runs into one folder) take turns; the lock goes
-    with the process if it dies.
+    with the process if it dies. POSIX only (``ImportError`` elsewhere).
     """
+    import fcntl
+
     descriptor = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)

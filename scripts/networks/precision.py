@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.common.files import atomic_write_json
+from scripts.common.files import atomic_write_json, locked_file
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +220,12 @@ def _probe_lock(path: Path):
     """Hold an exclusive lock beside the cache file while probing (POSIX; elsewhere, or when the folder cannot
     be written, nothing is held): ranks started together then measure one after another, on quiet cores,
     and all but the first read the first one's result."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(f"{path}.lock", "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(locked_file(f"{path}.lock"))
+        except (ImportError, OSError):
+            pass
         yield
 
 
