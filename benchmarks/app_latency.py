@@ -27,13 +27,13 @@ def write_random_weights(weights_dir: Path) -> Path:
     import torch
 
     from benchmarks.sampling_benchmark import random_text_encoder
-    from scripts.common.configs import INFERENCE_CONFIG, load_parser
+    from scripts.common.configs import INFERENCE_CONFIGS, load_parser
     from scripts.networks.weights import fill_zero_initialised
 
     weights_dir.mkdir(parents=True, exist_ok=True)
     if (weights_dir / "model.pt").is_file() and (weights_dir / "text_encoder").is_dir():
         return weights_dir
-    parser = load_parser(INFERENCE_CONFIG)
+    parser = load_parser(INFERENCE_CONFIGS)
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), weights_dir / "autoencoder.pt")
     unet = fill_zero_initialised(parser.get_parsed_content("network_def"))
@@ -49,7 +49,7 @@ def main(weights_dir: str = "models/app_latency", compile: str = "false", device
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = "['configs/inference.json','configs/app.json']"
+    config = "['configs/model.json','configs/inference.json','configs/app.json']"
     overrides = {"port": port, "model_dir": weights, "load_old": False, "text_encoder_source": weights / "text_encoder",
                  "compile": compile, "device": device}  # fmt: skip
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config]

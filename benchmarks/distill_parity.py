@@ -43,13 +43,16 @@ from benchmarks.sampling_benchmark import (
     parity_distances,
     time_recipe,
 )
-from scripts.common.configs import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY, load_parser
+from scripts.common.configs import (
+    CONFIGS,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
+    load_parser,
+    training_configs,
+)
 from scripts.common.files import atomic_write_json
 
-DISTILL_CONFIGS = [
-    str(CONFIGS / name)
-    for name in ("inference.json", "data.json", "train.json", "train_diffusion.json", "distill.json")
-]
+DISTILL_CONFIGS = training_configs("diffusion", str(CONFIGS / "distill.json"))
 TEACHER_REFERENCE = "ddim-200"
 TEACHER_SAMPLERS = ("ddim-50", "unipc_karras-20")
 STUDENT_STEPS = (2, 4, 8)
@@ -81,7 +84,7 @@ def distil(
         prepare(str(work_dir / "raw"), str(dataset_dir), short_side=64, num_workers=0, progress=False)
     train_dir = work_dir / "student"
     parser = load_parser(
-        [*DISTILL_CONFIGS, TINY_OVERLAY],
+        [*DISTILL_CONFIGS, *TINY_OVERLAYS],
         {
             "model_dir": str(model_dir),
             "load_old": False,
@@ -89,7 +92,7 @@ def distil(
             "scale_factor": info["scale_factor"],
             "dataset_dir": str(dataset_dir),
             "train_dir": str(train_dir),
-            "batch_size": batch_size,
+            "train#batch_size": batch_size,
             "lr": lr,
             "lr_warmup_iterations": 50,
             "num_workers": 0,
@@ -206,8 +209,8 @@ def evaluate(
         "scale_factor": info["scale_factor"],
     }
     device = torch.device("cpu")
-    teacher_parser = load_parser([INFERENCE_CONFIG, TINY_OVERLAY], base)
-    student_parser = load_parser([INFERENCE_CONFIG, TINY_OVERLAY], {**base, "guidance_scale": 1.0})
+    teacher_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], base)
+    student_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], {**base, "guidance_scale": 1.0})
     teacher_networks, _ = build_networks(teacher_parser, device)
     student = load_weights(
         student_parser.get_parsed_content("network_def"), student_path, load_old=False, device=device
@@ -310,9 +313,7 @@ def evaluate(
     return report
 
 
-def time_full_size(
-    timed_steps: int | None, repeats: int, device: str = "cpu", config_files=(INFERENCE_CONFIG,)
-) -> dict:
+def time_full_size(timed_steps: int | None, repeats: int, device: str = "cpu", config_files=INFERENCE_CONFIGS) -> dict:
     """Seconds per image at full size: reference recipe, default, student at 4 LCM steps (decoder apart).
 
     ``timed_steps`` None times whole runs; ``config_files`` (the full-size inference config) can take an

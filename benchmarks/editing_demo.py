@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scripts.common.configs import CONFIGS, INFERENCE_CONFIG, TINY_OVERLAY
+from scripts.common.configs import CONFIGS, INFERENCE_CONFIGS, TINY_OVERLAYS
 from scripts.common.files import atomic_write_json
 
 EFFUSION_PROMPT = "large left pleural effusion"
@@ -122,7 +122,7 @@ def main(
     edits = write_inputs(out / "inputs", num_images, size, seed)
     started = time.time()
     run(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY, str(CONFIGS / "edit.json")],
+        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS, str(CONFIGS / "edit.json")],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         model_dir=str(model_dir),

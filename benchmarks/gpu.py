@@ -41,15 +41,18 @@ from benchmarks.sampling_benchmark import (
     unet_flops,
 )
 from benchmarks.sampling_benchmark import main as sampling_benchmark
-from scripts.common.configs import BUNDLE_ROOT, CONFIGS, INFERENCE_CONFIG, TINY_CONFIGS, TINY_OVERLAY, load_parser
+from scripts.common.configs import (
+    BUNDLE_ROOT,
+    INFERENCE_CONFIGS,
+    TINY_CONFIGS,
+    TINY_OVERLAYS,
+    load_parser,
+    training_configs,
+)
 from scripts.networks.precision import resolve_precision
 
 #: Dense bf16 peak of the H100 SXM (the H200 has the same tensor cores), TFLOP/s.
 H100_BF16_TFLOPS = 989.0
-STAGE_FILES = {
-    "autoencoder": ["data.json", "train.json", "train_autoencoder.json"],
-    "diffusion": ["data.json", "train.json", "train_diffusion.json"],
-}
 TINY_STAGE_FILES = {
     "autoencoder": ["train.json", "train_autoencoder.json"],
     "diffusion": ["train.json", "train_diffusion.json"],
@@ -84,7 +87,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _config_files(tiny: bool, *extra: str) -> list[str]:
-    return [INFERENCE_CONFIG, *extra, *([TINY_OVERLAY] if tiny else [])]
+    return [*INFERENCE_CONFIGS, *extra, *(TINY_OVERLAYS if tiny else ())]
 
 
 def sampling(device: torch.device, tiny: bool, batch_sizes, repeats: int, peak_tflops: float, output_dir: Path) -> dict:
@@ -207,7 +210,7 @@ def train_stage(
     """``iterations`` iterations of one stage through its configs (no validation, samples or MLflow)."""
     from ignite.engine import Events
 
-    files = _config_files(tiny, *(str(CONFIGS / f) for f in STAGE_FILES[stage]))
+    files = [*training_configs(stage), *(TINY_OVERLAYS if tiny else ())]
     if tiny:
         files += [str(TINY_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
     overrides = {
@@ -216,7 +219,7 @@ def train_stage(
         "dataset_dir": str(dataset_dir),
         "train_dir": str(work_dir / stage),
         "max_epochs": 1,
-        "batch_size": int(batch_size),
+        "train#batch_size": int(batch_size),
         "val_interval": 1000,  # no validation within the one epoch
         "use_mlflow": False,
         "num_workers": min(8, os.cpu_count() or 1),

@@ -24,6 +24,7 @@ and a DenseNet-121 feature distance (torchxrayvision; random weights unless ``--
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.common.configs import INFERENCE_CONFIG, TINY_OVERLAY, load_parser
+from scripts.common.configs import INFERENCE_CONFIGS, TINY_OVERLAYS, load_parser
 from scripts.networks.compilation import resolve_compile
 from scripts.networks.precision import bf16_native, choose_precision, cpu_flags, cpu_model
 
@@ -238,28 +239,35 @@ def build_networks(parser, device: torch.device, seed: int = 0):
     return networks, sources
 
 
-def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
-    from scripts.networks.schedulers import build_scheduler
-    from scripts.sampling.sampler import GuidedLatentSampler
+#: the recipe settings that are keys of the inference config's sampler (``use_flash_attention`` is the networks')
+SAMPLER_SETTINGS = (
+    "scheduler_name",
+    "batched_guidance",
+    "autocast_dtype",
+    "guidance_interval",
+    "cache_interval",
+    "channels_last",
+    "compile",
+)
 
-    return GuidedLatentSampler(
-        autoencoder=networks["autoencoder"],
-        text_encoder=networks["text_encoder"],
-        tokenizer=parser.get_parsed_content("tokenizer"),
-        scheduler=build_scheduler(settings["scheduler_name"], **parser.get_parsed_content("noise_schedule")),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=float(parser["guidance_scale"]),
-        scale_factor=float(parser["scale_factor"]),
-        latent_shape=parser["latent_shape"],
-        null_prompt=parser["null_prompt"],
-        batched_guidance=settings["batched_guidance"],
-        autocast_dtype=settings["autocast_dtype"],
-        guidance_interval=settings.get("guidance_interval"),
-        cache_interval=settings.get("cache_interval", 1),
-        channels_last=settings["channels_last"],
-        compile=settings["compile"],
-        progress=False,
-    )
+
+def make_sampler(parser, networks, settings: dict, num_inference_steps: int):
+    """The config's ``sampler`` with a recipe's ``settings`` and ``num_inference_steps``, built through the config.
+
+    The recipe's keys override the config's on a copy of it (the config itself is left as it is), and the
+    networks built once by ``build_networks`` stand in for their definitions, so no recipe loads weights.
+    """
+    from monai.bundle import ConfigParser
+
+    recipe = ConfigParser(copy.deepcopy(parser.get()))
+    for name in ("autoencoder", "text_encoder"):
+        recipe[name] = networks[name]
+    for key in SAMPLER_SETTINGS:
+        if key in settings:
+            recipe[key] = settings[key]
+    recipe["num_inference_steps"] = int(num_inference_steps)
+    recipe["progress"] = False
+    return recipe.get_parsed_content("sampler")
 
 
 def time_recipe(
@@ -407,7 +415,7 @@ def parity(
     from scripts.sampling.sampler import initial_latents
 
     info = json.loads((Path(model_dir) / "parity_model.json").read_text())
-    files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), TINY_OVERLAY]
+    files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), *TINY_OVERLAYS]
     parser = load_parser(
         files,
         {
@@ -572,7 +580,7 @@ def print_tables(report: dict) -> None:
 
 
 def main(
-    config_file=INFERENCE_CONFIG,
+    config_file=INFERENCE_CONFIGS,
     device: str | None = None,
     batch_sizes=(1,),
     timed_steps: int | None = 2,

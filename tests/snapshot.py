@@ -200,7 +200,7 @@ EVALUATION_SETTINGS = {
     "num_reconstruction_images": 99,
     "adherence_num_samples": 2,
     "batch_size": 4,
-    "eval_batch_size": 4,
+    "evaluate#batch_size": 4,
     "kid_subset_size": 3,
     "kid_num_subsets": 5,
     "prdc_nearest_k": 2,

@@ -31,7 +31,14 @@ from scripts.editing.jobs import edit_jobs
 from scripts.editing.settings import check_edit_settings
 from scripts.editing.writer import EDIT_MANIFEST_COLUMNS, EditWriter
 from scripts.networks.schedulers import build_scheduler
-from scripts.sampling.jobs import collate_jobs, pending_jobs, prepare_job_batch, sampling_jobs
+from scripts.sampling.jobs import (
+    collate_jobs,
+    image_settings,
+    pending_jobs,
+    prepare_job_batch,
+    prompt_rows,
+    sampling_jobs,
+)
 from scripts.sampling.sampler import GuidedLatentSampler
 from scripts.sampling.settings import SettingsError, as_int, check_settings
 from scripts.sampling.writer import (
@@ -138,10 +145,10 @@ class AppService:
     """What the app's page asks for, without the page: generate images, edit a radiograph.
 
     Args:
-        sampler: the config's ``inferer`` (a ``GuidedLatentSampler`` with the networks loaded).
+        sampler: the config's ``sampler`` (a ``GuidedLatentSampler`` with the networks loaded).
         network: the config's diffusion UNet.
         noise_schedule: the config's ``noise_schedule`` (a request's scheduler is built over it).
-        sampling_settings: the config's ``sampling_settings`` (what decides the pixels; hashed into names).
+        model_identity: the config's ``model_identity`` (version and weights fingerprints; hashed into names).
         device: the config's device.
         output_format: the config's; the app writes PNG (and a DICOM copy), so it must be ``png``.
         batch_size: images per UNet call, as on the command line.
@@ -156,7 +163,7 @@ class AppService:
         sampler: GuidedLatentSampler,
         network: torch.nn.Module,
         noise_schedule: dict,
-        sampling_settings: dict,
+        model_identity: dict,
         device,
         output_format: str = "png",
         batch_size: int = 1,
@@ -173,7 +180,7 @@ class AppService:
         self.sampler = sampler
         self.network = network
         self.noise_schedule = dict(noise_schedule)
-        self.sampling_settings = dict(sampling_settings)
+        self.model_identity = dict(model_identity)
         self.device = device
         self.batch_size = as_int(batch_size, "--batch_size", 1)
         self.image_size = as_int(image_size, "--image_size", 8)
@@ -208,9 +215,9 @@ class AppService:
             self.sampler, scheduler, settings["num_inference_steps"], settings["guidance_scale"], feather_pixels
         )
 
-    def _job_settings(self, settings: dict) -> dict:
-        """``sampling_settings`` with the request's steps, guidance and scheduler (the config's keys)."""
-        return {**self.sampling_settings, **{k: v for k, v in settings.items() if k != "num_images"}}
+    def _image_settings(self, sampler: GuidedLatentSampler, **extra) -> dict:
+        """The image settings of a request's ``sampler``, as ``configs/inference.json``'s ``image_settings``."""
+        return image_settings(sampler, self.model_identity, "png", **extra)
 
     # -- requests ----------------------------------------------------------------------------------
     def generate(
@@ -231,8 +238,11 @@ class AppService:
         ``output_dir`` (same prompt, seed and settings) are not made again.
         """
         settings = self.check_request(num_images, num_inference_steps, guidance_scale, scheduler_name)
-        jobs = sampling_jobs(prompt, negative_prompt, None, seed, settings["num_images"], self._job_settings(settings))
-        self._run(jobs, output_dir, self._sampler(settings), AppSampleWriter, MANIFEST_COLUMNS)
+        sampler = self._sampler(settings)
+        rows = prompt_rows(prompt, negative_prompt, None, seed, settings["num_images"])
+        run_settings = self._image_settings(sampler)
+        jobs = sampling_jobs(rows, run_settings)
+        self._run(jobs, output_dir, sampler, run_settings, AppSampleWriter, MANIFEST_COLUMNS)
         return self._results(jobs, output_dir)
 
     def edit(
@@ -256,8 +266,8 @@ class AppService:
         """
         settings = self.check_request(1, num_inference_steps, guidance_scale, scheduler_name)
         check_edit_settings(strength, self.feather_pixels)
-        job_settings = {**self._job_settings(settings), "feather_pixels": self.feather_pixels}
-        job_settings["image_size"] = self.image_size
+        sampler = self._sampler(settings, feather_pixels=self.feather_pixels)
+        run_settings = self._image_settings(sampler, image_size=self.image_size)
         jobs = edit_jobs(
             image=image,
             prompt=prompt,
@@ -266,25 +276,25 @@ class AppService:
             keep_mask=keep_mask,
             strength=strength,
             seed=seed,
-            settings=job_settings,
+            settings=run_settings,
         )
         check_edit_inputs(jobs, self.image_size)
-        sampler = self._sampler(settings, feather_pixels=self.feather_pixels)
-        self._run(jobs, output_dir, sampler, AppEditWriter, EDIT_MANIFEST_COLUMNS, LoadEditInputs(self.image_size))
+        transform = LoadEditInputs(self.image_size)
+        self._run(jobs, output_dir, sampler, run_settings, AppEditWriter, EDIT_MANIFEST_COLUMNS, transform)
         (result,) = self._results(jobs, output_dir)
         job = jobs[0]
         result["comparison"] = os.path.join(output_dir, job["comparison_file"])
         result["difference"] = os.path.join(output_dir, job["difference_file"])
         return result
 
-    def _run(self, jobs, output_dir, sampler, writer_class, columns, transform=None) -> None:
+    def _run(self, jobs, output_dir, sampler, run_settings, writer_class, columns, transform=None) -> None:
         missing_copy = [job for job in jobs if not os.path.isfile(dicom_path(output_dir, job))]
         names = {job["name"] for job in pending_jobs(jobs, output_dir, 0, 1) + missing_copy}
         pending = [job for job in jobs if job["name"] in names]
         if pending:
-            writer = writer_class(output_dir, "png", jobs)
+            writer = writer_class(output_dir, "png", jobs, run_settings)
             run_jobs(pending, sampler, self.network, writer, self.batch_size, self.device, transform)
-        finalize_manifest(jobs, output_dir, columns)
+        finalize_manifest(jobs, output_dir, columns, run_settings)
 
     @staticmethod
     def _results(jobs, output_dir) -> list[dict]:

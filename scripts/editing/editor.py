@@ -29,6 +29,14 @@ from scripts.networks.schedulers import noise_to_step
 from scripts.sampling.sampler import GuidedLatentSampler, initial_latents
 
 
+def denoising_steps(strength: float, num_inference_steps: int) -> int:
+    """Steps an edit of ``strength`` (in [0, 1]) runs: round(strength × num_inference_steps); 0 returns the input.
+
+    The last ``denoising_steps`` of the schedule run, from start index ``num_inference_steps - denoising_steps``.
+    """
+    return int(round(float(strength) * int(num_inference_steps)))
+
+
 def feathered_weight(region: torch.Tensor, feather_pixels: int) -> torch.Tensor:
     """Weight (B, 1, H, W) in [0, 1]: exactly 1 inside ``region`` (B, 1, H, W of 0/1), falling linearly to 0
     over ``feather_pixels`` pixels outside it (square distance: one 3×3 dilation per pixel of width)."""
@@ -54,6 +62,10 @@ class TextGuidedEditor(GuidedLatentSampler):
         if int(feather_pixels) < 0:
             raise ValueError(f"feather_pixels must be >= 0, got {feather_pixels}.")
         self.feather_pixels = int(feather_pixels)
+
+    def identity(self) -> dict:
+        """The guided sampler's identity and the feather width, which changes the pixels near a keep region."""
+        return {**super().identity(), "feather_pixels": self.feather_pixels}
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Clean latents (B, *latent_shape) of images (B, 1, H, W) in [0, 1]: the posterior mean × scale_factor.
@@ -117,14 +129,14 @@ class TextGuidedEditor(GuidedLatentSampler):
 
         Args:
             inputs: a batch of edit jobs (``scripts.sampling.jobs.collate_jobs``): lists ``prompt``,
-                ``negative_prompt``, ``seed``, ``denoising_steps``, and tensors (B, 1, H, W) ``input_image``
+                ``negative_prompt``, ``seed``, ``strength``, and tensors (B, 1, H, W) ``input_image``
                 in [0, 1], ``edit_region`` and ``keep_region`` of 0/1.
             network: the diffusion UNet.
         """
         prompts = [str(p) for p in inputs["prompt"]]
         negatives = [str(p) for p in inputs["negative_prompt"]]
         seeds = [int(s) for s in inputs["seed"]]
-        steps = [int(s) for s in inputs["denoising_steps"]]
+        steps = [denoising_steps(s, self.num_inference_steps) for s in inputs["strength"]]
         device = next(network.parameters()).device
         images = torch.as_tensor(inputs["input_image"]).float().to(device)
         edit_region = torch.as_tensor(inputs["edit_region"]).float().to(device)

@@ -1,8 +1,9 @@
 """What to edit: one image from the command line or the rows of an edits CSV, one job per edited image.
 
 A job holds the paths of its inputs (``source_image``, ``edit_mask``, ``keep_mask``), ``prompt``,
-``negative_prompt``, ``seed``, ``strength``, the number of denoising steps that strength runs, the names of
-its files, and the sampling settings. Its ``name`` is ``<index>_<image stem>_<prompt slug>_seed<seed>_<hash>``,
+``negative_prompt``, ``seed``, ``strength``, the number of denoising steps that strength runs and the names
+of its files: what differs between the edits of a run. Its ``name`` is
+``<index>_<image stem>_<prompt slug>_seed<seed>_<hash>``,
 where the hash covers the content of the image and mask files, the text, seed, strength and every sampling
 setting: the same command gives the same names (a re-run resumes), and an edit of another image, mask or
 setting never takes an earlier edit's name.
@@ -15,6 +16,7 @@ import os
 
 from scripts.common.errors import CxrLdmError
 from scripts.common.hashing import file_digest, settings_digest
+from scripts.editing.editor import denoising_steps
 from scripts.editing.settings import check_strength
 from scripts.sampling.jobs import coerce_text, prompt_slug
 from scripts.sampling.settings import as_int
@@ -27,11 +29,6 @@ COMPARISON_DIR = "comparison"
 
 class EditsError(CxrLdmError, ValueError):
     """Bad edit request or edits file."""
-
-
-def denoising_steps(strength: float, num_inference_steps: int) -> int:
-    """Steps an edit of ``strength`` runs: round(strength × num_inference_steps); 0 returns the input."""
-    return int(round(float(strength) * int(num_inference_steps)))
 
 
 def _resolve(path: str | None, folder: str) -> str:
@@ -128,14 +125,13 @@ def edit_jobs(
         )
     seed = as_int(seed, "--seed", 0, error=EditsError)
     num_samples = as_int(num_samples, "--num_samples", 1, error=EditsError)
-    strength = check_strength(strength, "--strength")
-    steps = as_int(settings.get("num_inference_steps", 1), "--num_inference_steps", 1, error=EditsError)
+    steps = int(settings.get("num_inference_steps", 1))
     command = {
         "prompt": coerce_text(prompt, key="prompt"),
         "negative_prompt": coerce_text(negative_prompt, key="negative_prompt"),
         "edit_mask": _resolve(edit_mask, os.getcwd()),
         "keep_mask": _resolve(keep_mask, os.getcwd()),
-        "strength": strength,
+        "strength": float(strength),
         "seed": seed,
     }
     rows = read_edits_file(edits_file) if edits_file else [{"image": _resolve(image, os.getcwd())}]
@@ -174,7 +170,6 @@ def edit_jobs(
                     "denoising_steps": denoising_steps(edit["strength"], steps),
                     "difference_file": f"{DIFFERENCE_DIR}/{name}.png",
                     "comparison_file": f"{COMPARISON_DIR}/{name}.png",
-                    **{k: v for k, v in settings.items() if k != "output_format"},
                 }
             )
     return jobs

@@ -35,17 +35,10 @@ from scripts.common.files import atomic_write_json, locked_file
 
 logger = logging.getLogger(__name__)
 
-#: Accepted spellings of ``autocast_dtype`` -> the precision's name.
-PRECISIONS = {
-    "auto": "auto",
-    "none": "float32",
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
+#: The precisions, by name: the dtype the UNet computes in (float32 runs without autocast).
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Other accepted spellings of ``autocast_dtype`` (besides a name of ``PRECISIONS`` and ``"auto"``).
+PRECISION_SPELLINGS = {"none": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 #: "auto" picks bfloat16 on a probed CPU only when the probe's bf16 time is at most this fraction of its float32
 #: time: bf16 moves images a little (docs/performance.md), so it must be clearly faster, not faster by noise.
 BF16_MAX_TIME_RATIO = 0.8
@@ -267,6 +260,24 @@ def bf16_pays(float32_ms: float, bfloat16_ms: float) -> bool:
     return bfloat16_ms <= BF16_MAX_TIME_RATIO * float32_ms
 
 
+def precision_name(autocast_dtype: str | None, allow_auto: bool = False) -> str:
+    """The name in ``PRECISIONS`` of a spelling of ``autocast_dtype`` (None: float32), or ``"auto"`` when
+    ``allow_auto``; a one-line ``ValueError`` naming the choices for anything else."""
+    key = "none" if autocast_dtype is None else str(autocast_dtype).strip().lower()
+    name = PRECISION_SPELLINGS.get(key, key)
+    if name in PRECISIONS or (allow_auto and name == "auto"):
+        return name
+    choices = sorted([*PRECISIONS, *PRECISION_SPELLINGS, *(["auto"] if allow_auto else [])])
+    raise ValueError(f"autocast_dtype must be one of {choices} or null, got {autocast_dtype!r}.")
+
+
+def autocast_dtype_of(precision: str | None) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a precision (a spelling of a ``PRECISIONS`` name); None for float32,
+    which runs without autocast. ``"auto"`` is refused: resolve it first with ``resolve_precision``."""
+    name = precision_name(precision)
+    return None if name == "float32" else PRECISIONS[name]
+
+
 def choose_precision(autocast_dtype: str | None, device: str | torch.device) -> PrecisionChoice:
     """The precision of the setting ``autocast_dtype`` on ``device``, with the reason (and the probe's record).
 
@@ -274,11 +285,10 @@ def choose_precision(autocast_dtype: str | None, device: str | torch.device) -> 
     ``bf16_native(device)``; on another CPU, bfloat16 when ``cpu_probe()`` finds it clearly faster, else
     float32; float32 on other devices. The choice of ``"auto"`` is logged once per device and precision.
     """
-    key = "none" if autocast_dtype is None else str(autocast_dtype).lower()
-    if key not in PRECISIONS:
-        raise ValueError(f"autocast_dtype must be one of {sorted(PRECISIONS)} or null, got {autocast_dtype!r}.")
-    if PRECISIONS[key] != "auto":
-        return PrecisionChoice(key, PRECISIONS[key], "set explicitly")
+    name = precision_name(autocast_dtype, allow_auto=True)
+    if name != "auto":
+        key = "none" if autocast_dtype is None else str(autocast_dtype).lower()
+        return PrecisionChoice(key, name, "set explicitly")
     device = torch.device(device)
     probe = None
     if bf16_native(device):
@@ -315,7 +325,7 @@ def resolve_precision(autocast_dtype: str | None, device: str | torch.device) ->
 def autocast_kwargs(amp_dtype: str) -> dict:
     """``torch.autocast`` keyword arguments of a training run's mixed precision (``amp_dtype``: "float16",
     the reference recipe's, or "bfloat16", which needs no loss scaling and cannot overflow)."""
-    precision = PRECISIONS.get(str(amp_dtype).lower())
-    if precision not in ("float16", "bfloat16"):
+    name = PRECISION_SPELLINGS.get(str(amp_dtype).strip().lower(), str(amp_dtype).strip().lower())
+    if name not in ("float16", "bfloat16"):
         raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}.")
-    return {"dtype": getattr(torch, precision)}
+    return {"dtype": PRECISIONS[name]}

@@ -48,7 +48,14 @@ def build_scheduler(name: str, **schedule):
         raise ValueError(f"Unknown scheduler_name {name!r}: choose one of {sorted(SCHEDULERS)}.")
     module_name, class_name = SCHEDULERS[key].split(":")
     scheduler_class = getattr(importlib.import_module(module_name), class_name)
-    return scheduler_class(**{**SCHEDULER_DEFAULTS.get(key, {}), **schedule})
+    scheduler = scheduler_class(**{**SCHEDULER_DEFAULTS.get(key, {}), **schedule})
+    scheduler.scheduler_name = name  # as given: a sampler's identity names its scheduler by it
+    return scheduler
+
+
+def scheduler_name(scheduler) -> str:
+    """The name ``scheduler`` was built under (``build_scheduler``), else its class name."""
+    return getattr(scheduler, "scheduler_name", type(scheduler).__name__)
 
 
 def is_stochastic(scheduler) -> bool:

@@ -1,10 +1,11 @@
 """What to generate: prompts from the command line or a prompts file, expanded into one job per image.
 
-A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}`` plus the sampling settings. ``name`` is
-the file stem of the image (without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``, where the
-hash covers everything that decides the pixels (prompt, negative prompt, seed, and the ``sampling_settings``
-of the config: steps, guidance, scheduler, null prompt, scale factor, precision switches, fingerprints of
-the weights files) and the output format; equal values spelled differently (``7`` and ``7.0``) hash alike.
+A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}``: what differs between the images of a
+run. ``name`` is the file stem of the image (without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``,
+where the hash covers everything that decides the pixels: prompt, negative prompt, seed, and the config's
+``image_settings`` (the sampler's identity: steps, guidance, scheduler, null prompt, scale factor, precision
+switches; the model's: fingerprints of the weights files; the output format). Equal values spelled
+differently (``7`` and ``7.0``) hash alike.
 The same command therefore gives the same names (so a re-run skips images already written), and names
 never collide, within a run or across runs with other settings.
 """
@@ -14,9 +15,8 @@ from __future__ import annotations
 import csv
 import os
 import re
-import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from scripts.common.distributed import rank_and_world
 from scripts.common.errors import CxrLdmError
@@ -31,39 +31,19 @@ class PromptsError(CxrLdmError, ValueError):
     """Bad prompts or prompts file."""
 
 
-def _raw_cli_value(key: str) -> str | None:
-    """The literal text given as ``--key`` on a ``python -m monai.bundle`` command line, if any.
-
-    ``fire`` turns ``--prompt 123`` into an int, ``True`` into a bool and ``"effusion, cardiomegaly"``
-    into a tuple before the config sees it; the original words are still in ``sys.argv``.
-    """
-    if not sys.argv or not sys.argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
-        return None
-    argv = sys.argv[1:]
-    for i, arg in enumerate(argv):
-        if arg == f"--{key}" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"--{key}="):
-            return arg[len(key) + 3 :]
-    return None
-
-
 def coerce_text(value, key: str = "prompt") -> str:
-    """A prompt as the user wrote it, whatever type the command-line parser made of it.
+    """A prompt as text, whatever type the command-line parser made of it.
 
-    Strings pass through. Numbers, booleans and tuples (what ``fire`` makes of ``123``, ``True`` or
-    ``effusion, cardiomegaly``) are replaced by the literal command-line text when the bundle runs from
-    the command line, else converted with ``str`` (tuples joined with ", ").
+    Strings pass through. ``python -m monai.bundle`` parses values with ``fire``, which reads ``123`` as a
+    number, ``True`` as a boolean and ``effusion, cardiomegaly`` as a tuple: these are turned back into text
+    (``str``; tuples joined with ", "). Quoting the text twice (``--prompt "'007'"``) keeps it verbatim.
     """
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    raw = _raw_cli_value(key)
-    if raw is not None:
-        return raw
     if isinstance(value, (tuple, list)):
-        return ", ".join(coerce_text(v, key="") for v in value)
+        return ", ".join(coerce_text(v, key=key) for v in value)
     if isinstance(value, (bool, int, float)):
         return str(value)
     raise PromptsError(f"--{key} must be text, got {type(value).__name__}: {value!r}.")
@@ -143,53 +123,53 @@ def image_name(index: int, prompt: str, negative_prompt: str, seed: int, setting
     return f"{index:05d}_{prompt_slug(prompt)}_seed{seed}_{digest}"
 
 
-def sampling_jobs(
-    prompt=None,
-    negative_prompt="",
-    prompts_file: str | None = None,
-    seed: int = 0,
-    num_samples: int = 1,
-    settings: dict | None = None,
+def prompt_rows(
+    prompt=None, negative_prompt="", prompts_file: str | None = None, seed: int = 0, num_samples: int = 1
 ) -> list[dict]:
-    """One job per image to generate.
+    """The run's prompts, checked: one row ``{"prompt", "negative_prompt", "seed", "num_samples"}`` per prompt.
 
-    Without ``prompts_file``: ``num_samples`` images of ``prompt`` with seeds ``seed, seed+1, ...``.
-    With it: for each row, ``num_samples`` (the row's, else the command's) images with seeds
-    ``row seed, row seed+1, ...``; a row without a seed uses ``seed + 1000 * row index``.
-    Each job also carries the settings that decide its pixels, which the saver writes to the manifest.
+    Without ``prompts_file``: one row, ``num_samples`` images of ``prompt`` from ``seed``. With it: a row per
+    line, whose ``num_samples`` is its own, else the command's, and whose first seed is its own, else
+    ``seed + 1000 * row index``; an empty negative prompt cell takes the command's.
     """
-    settings = dict(settings or {})
     seed = as_int(seed, "--seed", 0, error=PromptsError)
     num_samples = as_int(num_samples, "--num_samples", 1, error=PromptsError)
     default_negative = coerce_text(negative_prompt, key="negative_prompt")
-    if prompts_file:
-        rows = read_prompts_file(prompts_file)
-    else:
-        rows = [{"prompt": coerce_text(prompt, key="prompt")}]
+    rows = read_prompts_file(prompts_file) if prompts_file else [{"prompt": coerce_text(prompt, key="prompt")}]
+    return [
+        {
+            "prompt": row["prompt"],
+            "negative_prompt": row.get("negative_prompt", default_negative),
+            "seed": row.get("seed", seed + 1000 * index if prompts_file else seed),
+            "num_samples": row.get("num_samples", num_samples),
+        }
+        for index, row in enumerate(rows)
+    ]
+
+
+def count_images(rows: Sequence[dict]) -> int:
+    """How many images the run makes (``prompt_rows``' rows), all ranks together, whatever is already written."""
+    return sum(int(row["num_samples"]) for row in rows)
+
+
+def image_settings(sampler, model_identity: Mapping, output_format: str, **extra) -> dict:
+    """Everything besides prompt and seed that decides an image: ``sampler.identity()``, the model's identity
+    (version, weights fingerprints...), the output format, and ``extra`` (editing's image size)."""
+    return {**sampler.identity(), **model_identity, "output_format": output_format, **extra}
+
+
+def sampling_jobs(rows: Sequence[dict], settings: Mapping | None = None) -> list[dict]:
+    """One job ``{"prompt", "negative_prompt", "seed", "name"}`` per image: ``num_samples`` images of each of
+    ``rows`` (``prompt_rows``), with seeds ``row seed, row seed + 1, ...``; ``settings`` (``image_settings``)
+    enter the names."""
+    settings = dict(settings or {})
     jobs = []
-    for row_index, row in enumerate(rows):
-        row_seed = row.get("seed", seed + 1000 * row_index if prompts_file else seed)
-        negative = row.get("negative_prompt", default_negative)
-        for sample in range(row.get("num_samples", num_samples)):
-            image_seed = row_seed + sample
-            index = len(jobs)
-            jobs.append(
-                {
-                    "prompt": row["prompt"],
-                    "negative_prompt": negative,
-                    "seed": image_seed,
-                    "name": image_name(index, row["prompt"], negative, image_seed, settings),
-                    **{k: v for k, v in settings.items() if k != "output_format"},
-                }
-            )
+    for row in rows:
+        for sample in range(int(row["num_samples"])):
+            seed = int(row["seed"]) + sample
+            job = {"prompt": row["prompt"], "negative_prompt": row["negative_prompt"], "seed": seed}
+            jobs.append({**job, "name": image_name(len(jobs), **job, settings=settings)})
     return jobs
-
-
-def count_images(
-    prompt=None, negative_prompt="", prompts_file: str | None = None, seed: int = 0, num_samples: int = 1
-) -> int:
-    """How many images the run makes, all ranks together and whatever is already written (``sampling_jobs``)."""
-    return len(sampling_jobs(prompt, negative_prompt, prompts_file, seed, num_samples))
 
 
 def pending_jobs(

@@ -20,12 +20,9 @@ from scripts.common.errors import CxrLdmError
 from scripts.common.progress import progress
 from scripts.networks.compilation import compile_unet, parse_compile
 from scripts.networks.deep_cache import DeepCacheUNet
-from scripts.networks.precision import PRECISIONS
-from scripts.networks.schedulers import is_stochastic
+from scripts.networks.precision import autocast_dtype_of, precision_name
+from scripts.networks.schedulers import is_stochastic, scheduler_name
 from scripts.networks.text import check_context_width, encode_ids, prompt_ids
-
-#: precision name (``scripts.networks.precision.PRECISIONS``) -> autocast dtype (None: no autocast)
-AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
@@ -110,12 +107,10 @@ class GuidedLatentSampler(Inferer):
         super().__init__()
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        key = PRECISIONS.get("none" if autocast_dtype is None else str(autocast_dtype).lower())
-        if key not in AUTOCAST_DTYPES:
-            raise ValueError(
-                f"autocast_dtype must be one of {sorted(k for k in PRECISIONS if k != 'auto')} or null (resolve "
-                f"'auto' with scripts.networks.precision.resolve_precision), got {autocast_dtype!r}."
-            )
+        try:
+            self.precision = precision_name(autocast_dtype)
+        except ValueError as error:
+            raise ValueError(f"{error} (resolve 'auto' with scripts.networks.precision.resolve_precision)") from None
         self.autoencoder = autoencoder.eval()
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
@@ -126,7 +121,7 @@ class GuidedLatentSampler(Inferer):
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.null_prompt = null_prompt
         self.batched_guidance = bool(batched_guidance)
-        self.autocast_dtype = AUTOCAST_DTYPES[key]
+        self.autocast_dtype = autocast_dtype_of(self.precision)
         self.channels_last = bool(channels_last)
         self.compile = parse_compile(compile)
         if self.compile == "auto":
@@ -134,6 +129,8 @@ class GuidedLatentSampler(Inferer):
         self.progress = bool(progress)
         if cross_attention_dim is not None:
             check_context_width(text_encoder, cross_attention_dim)
+        # as given ([500, 999] stays ints): the manifest records it so
+        self.guidance_interval_setting = None if guidance_interval is None else list(guidance_interval)
         if guidance_interval is not None:
             if len(guidance_interval) != 2 or float(guidance_interval[0]) > float(guidance_interval[1]):
                 raise ValueError(f"guidance_interval must be [lowest, highest] timestep, got {guidance_interval!r}.")
@@ -146,6 +143,28 @@ class GuidedLatentSampler(Inferer):
         self._wrapped_unets: dict[int, torch.nn.Module] = {}  # network id -> its DeepCache or compiled wrapper
         if self.channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
+
+    def identity(self) -> dict:
+        """The settings that decide this sampler's images besides prompt, seed and the model: what names and
+        fingerprints an image (``scripts.sampling.jobs.image_settings``) and fills the manifest's columns.
+
+        Read from the sampler's state, so a copy with another scheduler, step count or guidance (the app's
+        requests) identifies itself.
+        """
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "scheduler": scheduler_name(self.scheduler),
+            "null_prompt": self.null_prompt,
+            "scale_factor": self.scale_factor,
+            "latent_shape": list(self.latent_shape),
+            "batched_guidance": self.batched_guidance,
+            "autocast_dtype": self.precision,
+            "guidance_interval": self.guidance_interval_setting,
+            "cache_interval": self.cache_interval,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+        }
 
     # -- pieces -------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -167,13 +167,20 @@ def read_manifest(path: str) -> dict[str, dict]:
 
 
 def manifest_row(job: dict, file_name: str, columns: Sequence[str] = MANIFEST_COLUMNS) -> dict:
+    """The manifest row of ``file_name``: ``columns`` of ``job`` (its per-image values over the run's settings)."""
     return {"file": file_name, **{k: job.get(k, "") for k in columns if k != "file"}}
 
 
-def merge_manifests(output_dir: str, jobs: Sequence[dict] = (), columns: Sequence[str] = MANIFEST_COLUMNS) -> str:
+def merge_manifests(
+    output_dir: str,
+    jobs: Sequence[dict] = (),
+    columns: Sequence[str] = MANIFEST_COLUMNS,
+    settings: Mapping | None = None,
+) -> str:
     """Fold the per-rank manifests, and rows for finished ``jobs`` missing from it, into ``manifest.csv``.
 
-    ``columns``: the manifest's columns (``MANIFEST_COLUMNS`` for text-to-image; editing adds its own).
+    ``columns``: the manifest's columns (``MANIFEST_COLUMNS`` for text-to-image; editing adds its own);
+    ``settings``: the run's image settings, the columns every row shares.
     """
     main = os.path.join(output_dir, MANIFEST)
     rows = read_manifest(main)
@@ -183,7 +190,7 @@ def merge_manifests(output_dir: str, jobs: Sequence[dict] = (), columns: Sequenc
     for job in jobs:
         path = existing_image(output_dir, job["name"])
         if path is not None and os.path.basename(path) not in rows:
-            rows[os.path.basename(path)] = manifest_row(job, os.path.basename(path), columns)
+            rows[os.path.basename(path)] = manifest_row({**(settings or {}), **job}, os.path.basename(path), columns)
     if rows or os.path.isdir(output_dir):
         os.makedirs(output_dir, exist_ok=True)
         _write_csv(main, sorted(rows.values(), key=lambda row: row["file"]), columns)
@@ -202,18 +209,23 @@ class SampleWriter:
             output folder).
         jobs: all jobs of the run (``scripts.sampling.jobs.sampling_jobs``); at the start of a run, finished
             images missing from the manifest (a run killed between image and manifest) are added back.
+        settings: the run's image settings (``scripts.sampling.jobs.image_settings``): the manifest's and the
+            DICOM header's shared values.
 
     Subclasses change ``columns`` (the manifest's) and ``write_outputs`` (the files of one job).
     """
 
     columns: tuple[str, ...] = MANIFEST_COLUMNS
 
-    def __init__(self, output_dir: str, output_format: str = "png", jobs: Sequence[dict] = ()) -> None:
+    def __init__(
+        self, output_dir: str, output_format: str = "png", jobs: Sequence[dict] = (), settings: Mapping | None = None
+    ) -> None:
         get_output_format(output_format)
         output_format = str(output_format).lower()
         self.output_dir = os.fspath(output_dir)
         self.output_format = output_format
         self.jobs = list(jobs)
+        self.settings = dict(settings or {})
         self.run_uids: tuple[str, str] | None = None
 
     def attach(self, engine) -> None:
@@ -233,7 +245,7 @@ class SampleWriter:
 
             self.run_uids = run_uids(self.output_dir)
         if rank_and_world()[1] == 1:
-            merge_manifests(self.output_dir, self.jobs, self.columns)
+            merge_manifests(self.output_dir, self.jobs, self.columns, self.settings)
 
     def write_outputs(self, job: dict, image: torch.Tensor) -> str:
         """Write the files of one finished ``job`` (its image (1, H, W)); return the image's file name.
@@ -249,7 +261,7 @@ class SampleWriter:
         batch = engine.state.batch
         rows = []
         for i, image in enumerate(images):
-            job = {key: values[i] for key, values in batch.items()}
+            job = {**self.settings, **{key: values[i] for key, values in batch.items()}}
             if self.run_uids is not None:
                 job["study_uid"], job["series_uid"] = self.run_uids
             rows.append(manifest_row(job, self.write_outputs(job, image), self.columns))
@@ -264,12 +276,18 @@ class SampleWriter:
             writer.writerows(rows)
 
 
-def finalize_manifest(jobs: Sequence[dict], output_dir: str, columns: Sequence[str] = MANIFEST_COLUMNS) -> str | None:
-    """Last step of a sampling run: once every rank is done, rank 0 writes the merged ``manifest.csv``.
+def finalize_manifest(
+    jobs: Sequence[dict],
+    output_dir: str,
+    columns: Sequence[str] = MANIFEST_COLUMNS,
+    settings: Mapping | None = None,
+) -> str | None:
+    """Last step of a sampling run: once every rank is done, rank 0 writes the merged ``manifest.csv``
+    (``merge_manifests``' arguments).
 
     Every rank calls it, whether or not it had images left to generate, so the barrier cannot hang.
     """
     barrier()
     if is_main_process() and os.path.isdir(output_dir):
-        return merge_manifests(output_dir, jobs, columns)
+        return merge_manifests(output_dir, jobs, columns, settings)
     return None

@@ -56,7 +56,7 @@ def estimate_scale_factor(
     "num_images"}`` to ``output_file`` when given.
     """
     if int(num_images) < 1:
-        raise ValueError(f"num_scale_images must be >= 1, got {num_images}.")
+        raise ValueError(f"scale#num_images must be >= 1, got {num_images}.")
     generator = torch.Generator().manual_seed(int(seed))
     indices = torch.randperm(len(dataset), generator=generator)[: int(num_images)].tolist()
     loader = DataLoader(Subset(dataset, indices), batch_size=int(batch_size), shuffle=False)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY, bundle_run_command, cli_env, run_inference
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIGS, TINY_OVERLAYS, bundle_run_command, cli_env, run_inference
 from helpers.data import write_dx
 from helpers.editing import run_edit, write_image, write_mask
 from scripts.editing.inputs import load_edit_image
@@ -67,7 +67,7 @@ def app(tiny_model_dir, tmp_path_factory):
         "text_encoder_source": str(tiny_model_dir / "text_encoder"),
         "port": port,
     }
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY, APP_CONFIG], overrides)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, APP_CONFIG], overrides)
     log = open(temporary / "app.log", "w+")  # noqa: SIM115 (read back when the app fails to start)
     # as many threads as this process, whose in-process command-line runs are the reference: float results
     # then agree to the bit

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from monai.bundle import ConfigParser
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG
+from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIGS
 
 REQUIRED = (
     "version",
@@ -33,7 +33,7 @@ def test_metadata_matches_the_inference_config():
     assert not [key for key in REQUIRED if key not in meta]
     assert meta["version"] in meta["changelog"]
     parser = ConfigParser()
-    parser.read_config(INFERENCE_CONFIG)
+    parser.read_config(list(INFERENCE_CONFIGS))
     inputs, outputs = meta["network_data_format"]["inputs"], meta["network_data_format"]["outputs"]
     latent_channels, *latent_size = parser["latent_shape"]
     assert inputs["latent"]["num_channels"] == latent_channels == parser["network_def"]["in_channels"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.bundle import BUNDLE_ROOT, TINY_OVERLAY, read_png
+from helpers.bundle import BUNDLE_ROOT, read_png
 from scripts.distribution import download, pack
 
 
@@ -155,9 +155,11 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
                        "--large_files", str(tmp_path / "large_files.yml")], cwd=bundle)  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
-    shutil.copy(TINY_OVERLAY, bundle / "tiny.json")
+    for name in ("model", "inference"):
+        shutil.copy(BUNDLE_ROOT / "configs" / "tiny" / f"{name}.json", bundle / f"tiny_{name}.json")
 
-    ran = _python(["-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','tiny.json']",
+    chain = "['configs/model.json','configs/inference.json','tiny_model.json','tiny_inference.json']"
+    ran = _python(["-m", "monai.bundle", "run", "--config_file", chain,
                    "--load_old", "False"], cwd=bundle)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
     images = sorted((bundle / "output").glob("*.png"))

@@ -15,8 +15,9 @@ from PIL import Image
 
 from helpers.bundle import (
     CONFIGS,
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
+    INFERENCE_CONFIGS,
+    MODEL_CONFIG,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     load_parser,
@@ -63,7 +64,7 @@ def test_preparation_is_training_preparation(tmp_path):
         source = write_image(tmp_path / name, seed=3, size=size)
         prepared = tmp_path / f"prepared_{name}"
         assert resize_image(str(source), str(prepared), SIZE, 95) == (str(prepared), "")
-        parser = load_parser([INFERENCE_CONFIG, str(CONFIGS / "data.json"), TINY_OVERLAY])
+        parser = load_parser([MODEL_CONFIG, str(CONFIGS / "data.json"), *TINY_OVERLAYS])
         from monai.transforms import Compose
 
         training = Compose(parser.get_parsed_content("load_image_transforms"))({"image": str(prepared)})["image"]
@@ -206,7 +207,7 @@ def test_auto_compile_counts_the_edits_of_the_run(min_images, compiled, tiny_mod
     parser = tiny_parser(EDIT_CONFIG, **settings, autocast_dtype="auto", compile_min_images=min_images)
     assert parser.get_parsed_content("num_images") == 8
     assert parser.get_parsed_content("compiled") is compiled
-    assert {job["compile"] for job in parser.get_parsed_content("jobs")} == {compiled}
+    assert parser.get_parsed_content("image_settings")["compile"] is compiled
 
 
 def test_edits_file_writes_every_edit_once_and_resumes(tiny_model_dir, tmp_path, inputs):
@@ -288,7 +289,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, message, tiny_model_d
 
 
 def test_cli_edit_error_ends_with_the_one_line_message(tiny_model_dir, tmp_path, inputs):
-    files = [INFERENCE_CONFIG, TINY_OVERLAY, EDIT_CONFIG]
+    files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS, EDIT_CONFIG]
     overrides = tiny_run_settings(tiny_model_dir, tmp_path / "out", image=str(inputs["image"]), strength=2)
     result = subprocess.run(
         bundle_run_command(files, overrides), cwd=tmp_path, env=cli_env(bundle_on_path=False),
@@ -332,7 +333,7 @@ def test_noise_levels_are_the_schedulers_own(name):
     """Latents handed to a scheduler mid-way are noised to the level it assumes at that step."""
     from scripts.networks.schedulers import build_scheduler, noise_scales, noise_to_step
 
-    parser = load_parser([INFERENCE_CONFIG])
+    parser = load_parser(list(INFERENCE_CONFIGS))
     scheduler = build_scheduler(name, **parser.get_parsed_content("noise_schedule"))
     scheduler.set_timesteps(12)
     generator = torch.Generator().manual_seed(0)
@@ -358,7 +359,7 @@ def test_two_cpu_ranks_share_an_edits_file(tiny_model_dir, tmp_path, inputs):
     """Under torchrun each rank edits its share; one merged manifest with the editing columns; no leftovers."""
     edits = _edits_csv(tmp_path, inputs)
     out = tmp_path / "out"
-    files = [INFERENCE_CONFIG, TINY_OVERLAY, EDIT_CONFIG, str(CONFIGS / "multi_gpu_inference.json")]
+    files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS, EDIT_CONFIG, str(CONFIGS / "multi_gpu_inference.json")]
     overrides = tiny_run_settings(tiny_model_dir, out, edits_file=str(edits), batch_size=2)
     result = subprocess.run(
         bundle_run_command(files, overrides, torchrun_procs=2), cwd=tmp_path, env=cli_env(),

@@ -13,8 +13,8 @@ from PIL import Image
 
 from helpers.bundle import (
     BUNDLE_ROOT,
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     run_inference,
@@ -87,7 +87,7 @@ def test_benchmark_set_matches_the_chexgenbench_readers_and_resumes_on_two_ranks
     lost.unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in images_dir.glob("*.png")}
     overrides = tiny_run_settings(tiny_model_dir, images_dir, **settings)
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY, BENCHMARK_CONFIG, MULTI_GPU], overrides, 2)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, BENCHMARK_CONFIG, MULTI_GPU], overrides, 2)
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert lost.is_file() and all(images_dir.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())

@@ -42,7 +42,7 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     num_training = len(json.loads((dataset_dir / "datalist.json").read_text())["training"])
     assert num_test >= 4
     sizes = {"num_real_images": 99, "num_report_images": 4, "num_unconditional_images": 3}
-    sizes.update(num_reconstruction_images=99, adherence_num_samples=2, batch_size=4, eval_batch_size=4)
+    sizes.update(num_reconstruction_images=99, adherence_num_samples=2, batch_size=4, **{"evaluate#batch_size": 4})
     sizes.update(kid_subset_size=3, kid_num_subsets=5, prdc_nearest_k=2, pathology_min_images=2, memorisation_pairs=3)
     labels_file = write_chexpert_labels(dataset_dir, tmp_path / "chexpert.csv.gz")
     extractors = {"raddino_source": str(write_tiny_raddino(tmp_path / "rad-dino")), "inception_weights": "random"}

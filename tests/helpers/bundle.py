@@ -11,11 +11,14 @@ from scripts.common.configs import (  # noqa: F401  (re-exported for the tests)
     BUNDLE_ROOT,
     CONFIGS,
     INFERENCE_CONFIG,
+    INFERENCE_CONFIGS,
+    MODEL_CONFIG,
     TINY_CONFIGS,
-    TINY_OVERLAY,
+    TINY_OVERLAYS,
     TOKENIZER_DIR,
     load_parser,
     tiny_parser,
+    training_configs,
 )
 
 TEST_CONFIGS = BUNDLE_ROOT / "tests" / "configs"
@@ -37,14 +40,14 @@ def tiny_run_settings(model_dir: Path, output_dir: Path, **overrides) -> dict:
 def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overrides):
     """Run the inference workflow in-process exactly as ``python -m monai.bundle run`` does.
 
-    Uses inference.json + the tiny overlay (+ ``extra_files``) with the tiny weights of ``model_dir``;
+    Uses the inference chain + the tiny overlays (+ ``extra_files``) with the tiny weights of ``model_dir``;
     ``overrides`` are the command-line overrides. Returns the sorted image paths in ``output_dir``.
     """
     from monai.bundle.scripts import run
 
     settings = tiny_run_settings(model_dir, output_dir, **overrides)
     run(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY, *extra_files],
+        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS, *extra_files],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         **settings,
@@ -62,18 +65,19 @@ def read_png(path):
 def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
     """Config files of a tiny training ``stage`` ("autoencoder" or "diffusion") run, in merge order."""
     files = [
-        CONFIGS / "inference.json",
-        CONFIGS / "data.json",
-        CONFIGS / "train.json",
-        CONFIGS / f"train_{stage}.json",
-        TINY_CONFIGS / "inference.json",
-        TINY_CONFIGS / "train.json",
-        TINY_CONFIGS / f"train_{stage}.json",
+        *training_configs(stage),
+        *TINY_OVERLAYS,
+        str(TINY_CONFIGS / "train.json"),
+        str(TINY_CONFIGS / f"train_{stage}.json"),
     ]
     if multi_gpu:
-        files.append(CONFIGS / "multi_gpu_train.json")
-    files.extend(Path(f) for f in extra)
-    return [str(f) for f in files]
+        files.append(str(CONFIGS / "multi_gpu_train.json"))
+    return files + [str(f) for f in extra]
+
+
+def stage_parser(stage: str, **overrides):
+    """ConfigParser of a tiny training ``stage`` run (``stage_configs``), with ``overrides`` applied."""
+    return load_parser(stage_configs(stage), overrides)
 
 
 def distill_configs(multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:

@@ -23,10 +23,10 @@ def _generative_twin(parser, key: str):
 def test_full_size_networks_have_the_released_parameter_counts():
     from monai.bundle import ConfigParser
 
-    from helpers.bundle import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIGS
 
     parser = ConfigParser()
-    parser.read_config(INFERENCE_CONFIG)
+    parser.read_config(list(INFERENCE_CONFIGS))
     autoencoder = parser.get_parsed_content("autoencoder_def")
     unet = parser.get_parsed_content("network_def")
     assert sum(p.numel() for p in autoencoder.parameters()) == 4_607_848
@@ -40,13 +40,13 @@ def test_generativemodels_checkpoints_load_with_load_old(size, tmp_path):
     """A checkpoint written by the GenerativeModels classes loads with load_old and computes the same."""
     from monai.bundle import ConfigParser
 
-    from helpers.bundle import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIGS
 
     if size == "tiny":
         parser = tiny_parser()
     else:
         parser = ConfigParser()
-        parser.read_config(INFERENCE_CONFIG)
+        parser.read_config(list(INFERENCE_CONFIGS))
     torch.manual_seed(0)
     old_autoencoder = _generative_twin(parser, "autoencoder_def")
     old_unet = randomize_zero_layers(_generative_twin(parser, "network_def"))

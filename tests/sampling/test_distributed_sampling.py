@@ -9,8 +9,8 @@ import numpy as np
 
 from helpers.bundle import (
     BUNDLE_ROOT,
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     read_png,
@@ -40,7 +40,7 @@ def test_two_cpu_ranks_complete_a_prompts_file_without_gaps_or_duplicates(tiny_m
     (out / "manifest.rank1.csv").write_text("file,prompt\nno-such-image.png,torn line")
 
     overrides = tiny_run_settings(tiny_model_dir, out, prompts_file=prompts_file, batch_size=4)
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY, MULTI_GPU_OVERLAY], overrides, torchrun_procs=2)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, MULTI_GPU_OVERLAY], overrides, torchrun_procs=2)
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -65,7 +65,7 @@ def test_two_cpu_ranks_sample_in_bfloat16_and_record_it(tiny_model_dir, tmp_path
     )
     out = tmp_path / "ranks"
     overrides = tiny_run_settings(tiny_model_dir, out, prompts_file=prompts_file, autocast_dtype="bfloat16")
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY, MULTI_GPU_OVERLAY], overrides, torchrun_procs=2)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, MULTI_GPU_OVERLAY], overrides, torchrun_procs=2)
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / "manifest.csv", newline="") as f:

@@ -255,10 +255,10 @@ def test_default_unipc_karras_reaches_exact_gaussian_solution_better_than_ddim_5
     accurately than the reference DDIM-50, and converges as steps are added."""
     from monai.bundle import ConfigParser
 
-    from helpers.bundle import INFERENCE_CONFIG
+    from helpers.bundle import INFERENCE_CONFIGS
 
     defaults = ConfigParser()
-    defaults.read_config(INFERENCE_CONFIG)
+    defaults.read_config(list(INFERENCE_CONFIGS))
     name, steps = defaults["scheduler_name"], defaults["num_inference_steps"]
     assert (name, steps) == ("unipc_karras", 20)
     mu, x_start, model = gaussian_problem

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from helpers.bundle import INFERENCE_CONFIG, TINY_OVERLAY
+from helpers.bundle import INFERENCE_CONFIGS, TINY_OVERLAYS
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_one_run_times_the_reference_the_default_and_each_lever_beside_its_parit
     monkeypatch.setattr(sampler_module, "compile_unet", fake_compile)
     output = tmp_path / "benchmark.json"
     report = main(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS],
         device="cpu",
         batch_sizes=[1, 2],
         timed_steps=1,
@@ -124,7 +124,7 @@ def test_auto_compile_defaults_to_a_compiled_bf16_row_for_a_long_run(tmp_path, m
     fake_compile, _ = _slow_first_call_compile(1.0)
     monkeypatch.setattr(sampler_module, "compile_unet", fake_compile)
     report = main(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS],
         device="cpu",
         timed_steps=1,
         repeats=1,
@@ -156,7 +156,7 @@ def test_parity_part_reports_distances_to_references(parity_model):
 
     result = parity(
         str(parity_model),
-        INFERENCE_CONFIG,
+        list(INFERENCE_CONFIGS),
         {},
         samplers=["ddim-10", "dpmpp_2m-2", "dpmpp_2m_karras-30"],
         references=["ddim-40"],

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from helpers.bundle import (
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     run_inference,
@@ -185,7 +185,7 @@ def test_wrapped_config_errors_end_with_the_bundle_message(tiny_model_dir, tmp_p
 def test_cli_error_from_another_directory_ends_with_one_line(tiny_model_dir, tmp_path):
     """From any directory (no PYTHONPATH), a bad setting ends the output with the bundle's one-line message."""
     overrides = tiny_run_settings(tiny_model_dir, tmp_path / "out", guidance_scale="nan")
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS], overrides)
     result = subprocess.run(
         command, cwd=tmp_path, env=cli_env(bundle_on_path=False), capture_output=True, text=True, timeout=300
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 from pathlib import Path
 
 import fire
@@ -15,8 +14,8 @@ from monai.bundle.scripts import run as bundle_run
 
 from helpers.bundle import (
     BUNDLE_ROOT,
-    INFERENCE_CONFIG,
-    TINY_OVERLAY,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     read_png,
@@ -47,7 +46,7 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
     prompt that fire would turn into an int."""
     out = tmp_path / "out"
     overrides = tiny_run_settings(tiny_model_dir, out, prompt="123", num_samples=2, batch_size=2, seed=7)
-    command = bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS], overrides)
     env = cli_env(bundle_on_path=False, one_thread=False)
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -72,21 +71,21 @@ def test_cli_end_to_end_writes_sized_nonconstant_pngs(tiny_model_dir, tmp_path):
         np.testing.assert_array_equal(read_png(a), read_png(b))
 
 
-@pytest.mark.parametrize("raw", ["123", "True", "effusion, cardiomegaly", "1e3"])
-def test_cli_typed_prompts_match_prompts_file(raw, tiny_model_dir, tmp_path, monkeypatch):
-    """What fire makes of a prompt (int, bool, tuple, float) still generates the literal text."""
-    monkeypatch.setattr(
-        sys, "argv", [str(Path(bundle_run.__code__.co_filename).parent / "__main__.py"), "run", "--prompt", raw]
-    )
+@pytest.mark.parametrize(
+    ("argument", "text"),
+    [("123", "123"), ("True", "True"), ("effusion, cardiomegaly", "effusion, cardiomegaly"), ("'1e3'", "1e3")],
+)
+def test_cli_typed_prompts_match_prompts_file(argument, text, tiny_model_dir, tmp_path):
+    """What fire makes of a prompt (int, bool, tuple; quoted text stays text) generates the text as a prompts
+    file gives it."""
     out = tmp_path / "cli"
-    overrides = tiny_run_settings(tiny_model_dir, out, output_format="pt", prompt=raw)
-    fire.Fire({"run": bundle_run}, command=bundle_run_command([INFERENCE_CONFIG, TINY_OVERLAY], overrides)[3:])
+    overrides = tiny_run_settings(tiny_model_dir, out, output_format="pt", prompt=argument)
+    fire.Fire({"run": bundle_run}, command=bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS], overrides)[3:])
     cli_images = sorted(out.glob("*.pt"))
-    assert _manifest(out)[0]["prompt"] == raw
-    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert _manifest(out)[0]["prompt"] == text
     prompts_file = tmp_path / "prompts.csv"
     with open(prompts_file, "w", newline="") as f:
-        csv.writer(f).writerows([["prompt", "seed"], [raw, 42]])
+        csv.writer(f).writerows([["prompt", "seed"], [text, 42]])
     file_images = run_inference(tiny_model_dir, tmp_path / "file", prompts_file=str(prompts_file), output_format="pt")
     assert [p.name for p in cli_images] == [p.name for p in file_images]
     torch.testing.assert_close(_pt_images(cli_images)[0], _pt_images(file_images)[0], rtol=0, atol=0)
@@ -250,7 +249,7 @@ def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(
-        config_file=[INFERENCE_CONFIG, TINY_OVERLAY],
+        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS],
         meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
         logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
         workflow_type="inference",
@@ -265,7 +264,8 @@ def test_workflow_properties_are_complete(tiny_model_dir, tmp_path):
     parser = workflow.parser
     # The properties mean something: the prompt jobs are the dataset, the guided sampler the inferer.
     assert parser["dataset"]["data"] == "@pending_jobs"
-    assert parser["inferer"]["_target_"].endswith("GuidedLatentSampler")
+    assert parser["inferer"] == "@sampler"
+    assert parser["sampler"]["_target_"].endswith("GuidedLatentSampler")
     assert parser["evaluator"]["inferer"] == "@inferer"
 
 

@@ -171,9 +171,9 @@ def test_the_probe_runs_the_unets_blocks_and_leaves_the_random_state_alone(monke
 
 
 def test_the_probes_widths_are_the_full_size_unets():
-    from helpers.bundle import INFERENCE_CONFIG
+    from helpers.bundle import MODEL_CONFIG
 
-    network = json.loads(Path(INFERENCE_CONFIG).read_text())["network_def"]
+    network = json.loads(Path(MODEL_CONFIG).read_text())["network_def"]
     level = 1
     assert network["attention_levels"][level] and network["channels"][level] == precision.PROBE_CHANNELS
     assert network["num_head_channels"][level] == precision.PROBE_HEAD_CHANNELS

@@ -8,25 +8,10 @@ import math
 import pytest
 import torch
 
-from helpers.bundle import tiny_parser
+from helpers.bundle import stage_parser, tiny_parser
 from helpers.data import make_prepared_synthetic
 from helpers.networks import make_tiny_text_encoder
 from scripts.common.errors import root_cause
-
-DIFFUSION = (
-    "configs/data.json",
-    "configs/train.json",
-    "configs/train_diffusion.json",
-    "configs/tiny/train.json",
-    "configs/tiny/train_diffusion.json",
-)
-AUTOENCODER = (
-    "configs/data.json",
-    "configs/train.json",
-    "configs/train_autoencoder.json",
-    "configs/tiny/train.json",
-    "configs/tiny/train_autoencoder.json",
-)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +29,7 @@ def test_v_target_and_noising_match_a_hand_computation(tokenizer):
     from scripts.networks.text import encode_ids, tokenize
     from scripts.training.diffusion import LatentVPredictionPrepareBatch
 
-    parser = tiny_parser(*DIFFUSION)
+    parser = stage_parser("diffusion")
     torch.manual_seed(1)
     autoencoder = parser.get_parsed_content("autoencoder_def").eval()
     text_encoder = make_tiny_text_encoder()
@@ -94,7 +79,7 @@ def test_null_prompt_dropout_on_a_training_batch(dataset_dir, tokenizer):
     from scripts.networks.text import encode_ids, null_prompt_ids, tokenize
     from scripts.training.diffusion import LatentVPredictionPrepareBatch
 
-    parser = tiny_parser(*DIFFUSION, dataset_dir=str(dataset_dir), null_prompt_prob=0.5)
+    parser = stage_parser("diffusion", dataset_dir=str(dataset_dir), null_prompt_prob=0.5)
     set_determinism(seed=0)
     transforms = parser.get_parsed_content("train#preprocessing")
     data = parser.get_parsed_content("train#datalist") * 8
@@ -156,8 +141,8 @@ def test_lpips_backbone_is_read_from_a_local_file(tmp_path):
 
 
 def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(dataset_dir):
-    parser = tiny_parser(
-        *AUTOENCODER, dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1, adversarial_start_epoch=2
+    parser = stage_parser(
+        "autoencoder", dataset_dir=str(dataset_dir), train_dir="/nonexistent", max_epochs=1, adversarial_start_epoch=2
     )
     parser["train#handlers"] = []
     trainer = parser.get_parsed_content("train#trainer")
@@ -178,7 +163,6 @@ def test_autoencoder_trainer_starts_the_discriminator_at_the_configured_epoch(da
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
 def test_amp_dtype_reaches_the_trainer_and_the_evaluator(stage, dataset_dir, tmp_path):
     """Mixed precision is float16 by default (the reference recipe) and bfloat16 with --amp_dtype bfloat16."""
-    files = AUTOENCODER if stage == "autoencoder" else DIFFUSION
     settings = {"dataset_dir": str(dataset_dir), "train_dir": "/nonexistent"}
     if stage == "diffusion":
         make_tiny_text_encoder().save_pretrained(tmp_path / "text_encoder")
@@ -187,11 +171,11 @@ def test_amp_dtype_reaches_the_trainer_and_the_evaluator(stage, dataset_dir, tmp
         settings["autoencoder_path"] = str(tmp_path / "autoencoder.pt")
     for amp_dtype, expected in ((None, torch.float16), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16)):
         overrides = {} if amp_dtype is None else {"amp_dtype": amp_dtype}
-        parser = tiny_parser(*files, **settings, **overrides)
+        parser = stage_parser(stage, **settings, **overrides)
         parser["train#handlers"] = []
         assert parser.get_parsed_content("train#trainer").amp_kwargs == {"dtype": expected}
         assert parser.get_parsed_content("validate#evaluator").amp_kwargs == {"dtype": expected}
-    parser = tiny_parser(*files, **settings, amp_dtype="int8")
+    parser = stage_parser(stage, **settings, amp_dtype="int8")
     with pytest.raises(Exception) as error:
         parser.get_parsed_content("amp_kwargs")
     assert "amp_dtype must be float16 or bfloat16, got 'int8'" in str(root_cause(error.value))
@@ -281,7 +265,7 @@ def test_scale_factor_is_one_over_latent_std():
     values = torch.stack([item["image"] for item in images]).double() * 4.0
     expected = 1.0 / values.std(unbiased=False).item()
     assert estimate_scale_factor(Scaler(), images, num_images=20, batch_size=6) == pytest.approx(expected, rel=1e-9)
-    with pytest.raises(ValueError, match="num_scale_images"):
+    with pytest.raises(ValueError, match="scale#num_images"):
         estimate_scale_factor(Scaler(), images, num_images=0)
 
 
@@ -290,16 +274,9 @@ def test_train_workflow_properties_are_complete(stage, dataset_dir, tmp_path):
     """MONAI's train-workflow check finds every model-zoo section (train#trainer, train#dataset, ...)."""
     from monai.bundle import ConfigWorkflow
 
-    from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIG, TINY_OVERLAY
+    from helpers.bundle import BUNDLE_ROOT, stage_configs
 
-    files = [
-        INFERENCE_CONFIG,
-        str(BUNDLE_ROOT / "configs" / "data.json"),
-        str(BUNDLE_ROOT / "configs" / "train.json"),
-        str(BUNDLE_ROOT / "configs" / f"train_{stage}.json"),
-        TINY_OVERLAY,
-        *(str(BUNDLE_ROOT / f) for f in (DIFFUSION if stage == "diffusion" else AUTOENCODER)[3:]),
-    ]
+    files = stage_configs(stage)
     overrides = {"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(dataset_dir), "train_dir": str(tmp_path)}
     if stage == "diffusion":
         text_encoder = tmp_path / "text_encoder"

@@ -17,8 +17,9 @@ import torch
 
 from helpers.bundle import (
     BUNDLE_ROOT,
+    INFERENCE_CONFIGS,
     TEST_CONFIGS,
-    TINY_OVERLAY,
+    TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     run_bundle,
@@ -120,7 +121,7 @@ def test_diffusion_stage_trains_on_the_first_stage_autoencoder(trained):
 
 
 def test_trained_weights_sample_through_the_inference_config(trained, text_encoder_dir, tmp_path):
-    files = [str(BUNDLE_ROOT / "configs" / "inference.json"), TINY_OVERLAY]
+    files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS]
     run_bundle(
         files,
         {
