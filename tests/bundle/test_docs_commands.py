@@ -138,7 +138,10 @@ def test_documented_commands_match_configs_and_entry_points():
 def test_command_check_catches_a_wrong_key_and_option():
     with pytest.raises(AssertionError, match="--guidance is not a key"):
         _check_bundle_run(
-            shlex.split("python -m monai.bundle run --config_file configs/inference.json --guidance 3"), "x"
+            shlex.split(
+                "python -m monai.bundle run --config_file \"['configs/model.json','configs/inference.json']\" --guidance 3"
+            ),
+            "x",
         )
     with pytest.raises(AssertionError, match="has no option --subjects"):
         _check_python_module("scripts.synthetic_mimic", ["--subjects", "3"], "x")
