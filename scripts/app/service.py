@@ -27,7 +27,7 @@ from scripts.common.files import atomic_path
 from scripts.data.dicom import run_uids
 from scripts.editing.editor import TextGuidedEditor
 from scripts.editing.inputs import LoadEditInputs, check_edit_inputs
-from scripts.editing.jobs import edit_jobs
+from scripts.editing.jobs import edit_jobs, edit_rows
 from scripts.editing.settings import check_edit_settings
 from scripts.editing.writer import EDIT_MANIFEST_COLUMNS, EditWriter
 from scripts.networks.schedulers import build_scheduler
@@ -269,7 +269,7 @@ class AppService:
         sampler = self._sampler(settings, feather_pixels=self.feather_pixels)
         run_settings = self._image_settings(sampler, image_size=self.image_size)
         jobs = edit_jobs(
-            image=image,
+            edit_rows(image=image),
             prompt=prompt,
             negative_prompt=negative_prompt,
             edit_mask=edit_mask,

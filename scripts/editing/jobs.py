@@ -90,17 +90,24 @@ def read_edits_file(path: str) -> list[dict]:
     return rows
 
 
-def count_edits(image: str | None = None, edits_file: str | None = None, num_samples: int = 1) -> int:
-    """How many edited images the run makes, all ranks together (the rows of ``edits_file`` or the one
-    ``image``, times ``num_samples``); bad combinations are left for ``edit_jobs`` to report."""
-    num_samples = as_int(num_samples, "--num_samples", 1, error=EditsError)
-    rows = len(read_edits_file(edits_file)) if edits_file and not image else 1
-    return rows * num_samples
+def edit_rows(image: str | None = None, edits_file: str | None = None) -> list[dict]:
+    """The run's edits, checked (an edits file read once): the rows of ``edits_file`` (``read_edits_file``) or
+    one row ``{"image"}`` for ``image`` (relative to the working folder). Exactly one of the two is given."""
+    if bool(image) == bool(edits_file):
+        raise EditsError(
+            "Give exactly one of --image (one radiograph) and --edits_file (a CSV 'image,prompt,...'), "
+            f"got {'both' if image else 'neither'}."
+        )
+    return read_edits_file(edits_file) if edits_file else [{"image": _resolve(image, os.getcwd())}]
+
+
+def count_edits(rows: list[dict], num_samples: int = 1) -> int:
+    """How many edited images the run makes, all ranks together: ``edit_rows``' rows times ``num_samples``."""
+    return len(rows) * as_int(num_samples, "--num_samples", 1, error=EditsError)
 
 
 def edit_jobs(
-    image: str | None = None,
-    edits_file: str | None = None,
+    rows: list[dict],
     prompt: str = "",
     negative_prompt: str = "",
     edit_mask: str | None = None,
@@ -110,19 +117,14 @@ def edit_jobs(
     num_samples: int = 1,
     settings: dict | None = None,
 ) -> list[dict]:
-    """One job per edited image.
+    """One job per edited image of ``rows`` (``edit_rows``).
 
-    Exactly one of ``image`` (with ``prompt``, masks and ``strength`` from the command) and ``edits_file``
-    (a row per edit; empty cells take the command's values) is given. Every row uses ``seed`` unless it has
-    its own, so edits of one image with different prompts share their noise (paired counterfactuals);
-    ``num_samples`` > 1 makes each edit with seeds ``seed, seed+1, ...``.
+    A row's empty cells take the command's values (``prompt``, masks, ``strength``, checked by
+    ``scripts.editing.settings.check_edit_settings``). Every row uses ``seed`` unless it has its own, so edits
+    of one image with different prompts share their noise (paired counterfactuals); ``num_samples`` > 1 makes
+    each edit with seeds ``seed, seed+1, ...``. ``settings`` (the run's image settings) enter the names.
     """
     settings = dict(settings or {})
-    if bool(image) == bool(edits_file):
-        raise EditsError(
-            "Give exactly one of --image (one radiograph) and --edits_file (a CSV 'image,prompt,...'), "
-            f"got {'both' if image else 'neither'}."
-        )
     seed = as_int(seed, "--seed", 0, error=EditsError)
     num_samples = as_int(num_samples, "--num_samples", 1, error=EditsError)
     steps = int(settings.get("num_inference_steps", 1))
@@ -134,7 +136,6 @@ def edit_jobs(
         "strength": float(strength),
         "seed": seed,
     }
-    rows = read_edits_file(edits_file) if edits_file else [{"image": _resolve(image, os.getcwd())}]
     digests: dict[str, str] = {}
     jobs = []
     for row in rows:
