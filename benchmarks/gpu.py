@@ -172,7 +172,7 @@ def synthetic_training_set(folder: Path, image_size: int, num_images: int, seed:
     """``num_images`` synthetic radiographs (``image_size``², JPEG) with report sentences, and a ``datalist.json``
     in the prepared layout (every image in "training" and "validation").
 
-    Drawn directly rather than through ``prepare_mimic``, which needs pandas (not on the GPU machine);
+    Drawn directly rather than through ``scripts.data.prepare``, which needs pandas (not on the GPU machine);
     timing does not depend on the data.
     """
     import numpy as np

@@ -1,6 +1,6 @@
-"""Turn MIMIC-CXR-JPG + MIMIC-CXR reports (or data in the same layout) into training-ready data.
+"""``python -m scripts.data.prepare``: MIMIC-CXR-JPG + reports (or data in that layout) -> training-ready data.
 
-    python -m scripts.prepare_mimic --mimic_dir /data/mimic-cxr-jpg/2.0.0 \\
+    python -m scripts.data.prepare --mimic_dir /data/mimic-cxr-jpg/2.0.0 \\
         --reports /data/mimic-cxr-reports.zip --output_dir data/prepared
 
 For every image whose ``ViewPosition`` is one of ``view_positions`` (default PA) and whose study's report
@@ -392,3 +392,8 @@ def main(*args, **kwargs) -> None:
 main.__doc__ = (
     "Prepare MIMIC-CXR-JPG-format data for training; prints the summary.\n" + prepare.__doc__.split("\n", 1)[1]
 )
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,6 +1,6 @@
-"""A synthetic stand-in for MIMIC-CXR-JPG + MIMIC-CXR reports, in the real layout and file formats.
+"""``python -m scripts.data.synthetic``: a synthetic stand-in for MIMIC-CXR-JPG + reports, in its layout and formats.
 
-    python -m scripts.synthetic_mimic --output_dir data/synthetic_mimic --num_subjects 100 --seed 0
+    python -m scripts.data.synthetic --output_dir data/synthetic_mimic --num_subjects 100 --seed 0
 
 writes::
 
@@ -445,3 +445,8 @@ def main(output_dir: str, num_subjects: int = 100, seed: int = 0, image_size: in
         f"Wrote {counts['images']} images ({counts['pa_images']} PA) of {counts['studies']} studies of "
         f"{counts['subjects']} subjects to {output_dir}"
     )
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

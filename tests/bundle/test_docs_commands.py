@@ -141,7 +141,7 @@ def test_command_check_catches_a_wrong_key_and_option():
             shlex.split("python -m monai.bundle run --config_file configs/inference.json --guidance 3"), "x"
         )
     with pytest.raises(AssertionError, match="has no option --subjects"):
-        _check_python_module("scripts.synthetic_mimic", ["--subjects", "3"], "x")
+        _check_python_module("scripts.data.synthetic", ["--subjects", "3"], "x")
 
 
 def _bundle_copy(destination: Path) -> Path:
