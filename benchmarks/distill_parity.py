@@ -43,13 +43,7 @@ from benchmarks.sampling_benchmark import (
     parity_distances,
     time_recipe,
 )
-from scripts.common.configs import (
-    CONFIGS,
-    INFERENCE_CONFIGS,
-    TINY_OVERLAYS,
-    load_parser,
-    training_configs,
-)
+from scripts.common.configs import CONFIGS, INFERENCE_CONFIGS, TINY_OVERLAYS, load_parser, training_configs
 from scripts.common.files import atomic_write_json
 
 DISTILL_CONFIGS = training_configs("diffusion", str(CONFIGS / "distill.json"))
@@ -185,6 +179,142 @@ def _with_spread(reference_images: torch.Tensor, images: torch.Tensor, row: dict
     return {**row, "pixel_rmse_median": float(per_image.median()), "pixel_rmse_max": float(per_image.max())}
 
 
+class ParityModels:
+    """The networks the comparisons sample: the teacher (the parity model), the student, and the DenseNet
+    whose features the distances and KID use, on the CPU.
+
+    Each sampling method returns ``_sample``'s (latents, images, features) for ``prompts`` × ``seeds``:
+    images (N, 1, ``image_size``, ``image_size``) in [0, 1], DenseNet features (N, 1024).
+    """
+
+    def __init__(self, model_dir: Path, student_path: str, xrv_weights: str | None) -> None:
+        from scripts.evaluation import xrv
+        from scripts.networks.weights import load_weights
+
+        info = json.loads((model_dir / "parity_model.json").read_text())
+        base = {
+            "model_dir": str(model_dir),
+            "load_old": False,
+            "text_encoder_source": str(model_dir / "text_encoder"),
+            "scale_factor": info["scale_factor"],
+        }
+        device = torch.device("cpu")
+        self.teacher_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], base)
+        # the student is sampled unguided: distillation folded the teacher's guidance into its weights
+        self.student_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], {**base, "guidance_scale": 1.0})
+        self.teacher_networks, _ = build_networks(self.teacher_parser, device)
+        student = load_weights(
+            self.student_parser.get_parsed_content("network_def"), student_path, load_old=False, device=device
+        )
+        self.student_networks = {**self.teacher_networks, "network": student.eval().requires_grad_(False)}
+        self.densenet = xrv.load_densenet(xrv_weights, device=device)
+        self.image_size = int(self.teacher_parser["image_size"])
+
+    def teacher(self, entry: str, prompts: list[str], seeds: list[int]):
+        """The teacher with the sampler ``entry`` ("scheduler-steps"), guided at the config's scale."""
+        return _sample(self.teacher_parser, self.teacher_networks, entry, prompts, seeds, self.densenet)
+
+    def student(self, steps: int, prompts: list[str], seeds: list[int]):
+        """The student at ``steps`` LCM steps."""
+        return _sample(self.student_parser, self.student_networks, f"lcm-{steps}", prompts, seeds, self.densenet)
+
+    def undistilled(self, steps: int, prompts: list[str], seeds: list[int]):
+        """The control: the teacher's own weights sampled as a student (where distillation starts)."""
+        return _sample(self.student_parser, self.teacher_networks, f"lcm-{steps}", prompts, seeds, self.densenet)
+
+
+def compare_parity(models: ParityModels, parity_images: int, seed: int) -> dict:
+    """The report's "parity" section: each teacher sampler, student and undistilled step count's distance
+    (latent / pixel RMSE with the pixel RMSE's median and max per image, feature distance) to the teacher's
+    ``TEACHER_REFERENCE`` from the same noise and text."""
+    from benchmarks.parity_model import synthetic_set
+
+    # the same noise and text as the teacher's DDIM-200; prompts not used in training
+    _, prompts = synthetic_set(parity_images, models.image_size, seed=seed + 1000)
+    seeds = [seed + i for i in range(parity_images)]
+    reference = models.teacher(TEACHER_REFERENCE, prompts, seeds)
+    distances = {}
+    for entry in TEACHER_SAMPLERS:
+        result = models.teacher(entry, prompts, seeds)
+        distances[f"teacher {entry}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
+    for steps in STUDENT_STEPS:
+        result = models.student(steps, prompts, seeds)
+        distances[f"student lcm-{steps}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
+        result = models.undistilled(steps, prompts, seeds)
+        distances[f"undistilled lcm-{steps}"] = _with_spread(
+            reference[1], result[1], parity_distances(result, reference)
+        )
+    return {
+        "reference": f"teacher {TEACHER_REFERENCE}",
+        "num_images": parity_images,
+        "guidance_scale": float(models.teacher_parser["guidance_scale"]),
+        "feature_network": models.densenet.weights_source,
+        "distances": distances,
+    }
+
+
+def compare_distributions(models: ParityModels, kid_images: int, seed: int, kid_subset_size: int) -> dict:
+    """The report's "kid" section: KID (mean and spread over subsets, ratio to and excess over the floor) of
+    the student's and the undistilled control's images (seeds B) against the teacher's default sampler's
+    (seeds A), next to the floor: the teacher's own images with seeds B against seeds A."""
+    from benchmarks.parity_model import synthetic_set
+    from scripts.evaluation.fidelity import kid
+
+    default = TEACHER_SAMPLERS[-1]
+    _, prompts = synthetic_set(kid_images, models.image_size, seed=seed + 2000)
+    seeds_a = [seed + 10_000 + i for i in range(kid_images)]
+    seeds_b = [seed + 20_000 + i for i in range(kid_images)]
+    teacher_a = models.teacher(default, prompts, seeds_a)[2]
+    # features centred on the teacher set's mean and divided by one scale, its RMS deviation: KID's cubic
+    # kernel is not scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow
+    # it (one scale for all dimensions: a per-dimension one blows up the nearly constant ones)
+    mean = teacher_a.mean(dim=0)
+    scale = (teacher_a - mean).pow(2).mean().sqrt().clamp(min=1e-12)
+
+    def standardised(features):
+        return ((features - mean) / scale).double()
+
+    kid_args = {"seed": seed, "subset_size": kid_subset_size}
+    floor = kid(standardised(teacher_a), standardised(models.teacher(default, prompts, seeds_b)[2]), **kid_args)
+    kids = {"teacher vs teacher (floor)": floor}
+    for steps in STUDENT_STEPS:
+        features = standardised(models.student(steps, prompts, seeds_b)[2])
+        kids[f"student lcm-{steps} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
+    features = standardised(models.undistilled(ADHERENCE_STEPS, prompts, seeds_b)[2])
+    kids[f"undistilled lcm-{ADHERENCE_STEPS} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
+    for value in kids.values():
+        value["ratio_to_floor"] = value["kid_mean"] / floor["kid_mean"] if floor["kid_mean"] > 0 else None
+        value["above_floor"] = value["kid_mean"] - floor["kid_mean"]
+    return {
+        "num_images": kid_images,
+        "teacher_sampler": default,
+        "feature_network": models.densenet.weights_source,
+        "features": "centred on the teacher set (seeds A) and divided by its RMS deviation",
+        "sets": kids,
+    }
+
+
+def compare_prompt_following(models: ParityModels, adherence_images: int, seed: int) -> dict:
+    """The report's "prompt_following" section: ``prompt_following``'s rows for the teacher's default
+    sampler, the student and the undistilled control, each finding prompt and the no-finding prompt sampled
+    with the same seeds."""
+    default = TEACHER_SAMPLERS[-1]
+    lcm = f"lcm-{ADHERENCE_STEPS}"
+    seeds = [seed + 30_000 + i for i in range(adherence_images)]
+    following = {}
+    for label, parser, networks, entry in [
+        (f"teacher {default}", models.teacher_parser, models.teacher_networks, default),
+        (f"student {lcm}", models.student_parser, models.student_networks, lcm),
+        (f"undistilled {lcm}", models.student_parser, models.teacher_networks, lcm),
+    ]:
+        images = {
+            prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None)[1]
+            for prompt in [*FINDINGS, NO_FINDING]
+        }
+        following[label] = prompt_following(images)
+    return {"num_images_per_prompt": adherence_images, "no_finding_prompt": NO_FINDING, **following}
+
+
 def evaluate(
     model_dir: Path,
     student_path: str,
@@ -196,120 +326,16 @@ def evaluate(
     parts=("parity", "kid", "following"),
     kid_subset_size: int = 128,
 ) -> dict:
-    from benchmarks.parity_model import synthetic_set
-    from scripts.evaluation import xrv
-    from scripts.evaluation.fidelity import kid
-    from scripts.networks.weights import load_weights
-
-    info = json.loads((model_dir / "parity_model.json").read_text())
-    base = {
-        "model_dir": str(model_dir),
-        "load_old": False,
-        "text_encoder_source": str(model_dir / "text_encoder"),
-        "scale_factor": info["scale_factor"],
-    }
-    device = torch.device("cpu")
-    teacher_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], base)
-    student_parser = load_parser([*INFERENCE_CONFIGS, *TINY_OVERLAYS], {**base, "guidance_scale": 1.0})
-    teacher_networks, _ = build_networks(teacher_parser, device)
-    student = load_weights(
-        student_parser.get_parsed_content("network_def"), student_path, load_old=False, device=device
-    )
-    student_networks = {**teacher_networks, "network": student.eval().requires_grad_(False)}
-    densenet = xrv.load_densenet(xrv_weights, device=device)
-    image_size = int(teacher_parser["image_size"])
-
-    def teacher(entry, prompts, seeds):
-        return _sample(teacher_parser, teacher_networks, entry, prompts, seeds, densenet)
-
-    def student_sample(steps, prompts, seeds):
-        return _sample(student_parser, student_networks, f"lcm-{steps}", prompts, seeds, densenet)
-
-    def undistilled_sample(steps, prompts, seeds):
-        """The control: the teacher's own weights sampled as a student (where distillation starts)."""
-        return _sample(student_parser, teacher_networks, f"lcm-{steps}", prompts, seeds, densenet)
-
+    """Steps 2-4 of the module docstring for the ``parts`` asked for: the report's "parity", "kid" and
+    "prompt_following" sections."""
+    models = ParityModels(model_dir, student_path, xrv_weights)
     report: dict = {}
-    default = TEACHER_SAMPLERS[-1]
     if "parity" in parts:
-        # parity: the same noise and text as the teacher's DDIM-200; prompts not used in training
-        _, prompts = synthetic_set(parity_images, image_size, seed=seed + 1000)
-        seeds = [seed + i for i in range(parity_images)]
-        reference = teacher(TEACHER_REFERENCE, prompts, seeds)
-        distances = {}
-        for entry in TEACHER_SAMPLERS:
-            result = teacher(entry, prompts, seeds)
-            distances[f"teacher {entry}"] = _with_spread(reference[1], result[1], parity_distances(result, reference))
-        for steps in STUDENT_STEPS:
-            result = student_sample(steps, prompts, seeds)
-            distances[f"student lcm-{steps}"] = _with_spread(
-                reference[1], result[1], parity_distances(result, reference)
-            )
-            result = undistilled_sample(steps, prompts, seeds)
-            distances[f"undistilled lcm-{steps}"] = _with_spread(
-                reference[1], result[1], parity_distances(result, reference)
-            )
-        report["parity"] = {
-            "reference": f"teacher {TEACHER_REFERENCE}",
-            "num_images": parity_images,
-            "guidance_scale": float(teacher_parser["guidance_scale"]),
-            "feature_network": densenet.weights_source,
-            "distances": distances,
-        }
-
+        report["parity"] = compare_parity(models, parity_images, seed)
     if "kid" in parts:
-        # distribution: student (seeds B) and teacher (seeds B) each against the teacher with seeds A
-        _, prompts = synthetic_set(kid_images, image_size, seed=seed + 2000)
-        seeds_a = [seed + 10_000 + i for i in range(kid_images)]
-        seeds_b = [seed + 20_000 + i for i in range(kid_images)]
-        teacher_a = teacher(default, prompts, seeds_a)[2]
-        # features centred on the teacher set's mean and divided by one scale, its RMS deviation: KID's cubic
-        # kernel is not scale-invariant, and a random-weight DenseNet's raw features are large enough to overflow
-        # it (one scale for all dimensions: a per-dimension one blows up the nearly constant ones)
-        mean = teacher_a.mean(dim=0)
-        scale = (teacher_a - mean).pow(2).mean().sqrt().clamp(min=1e-12)
-
-        def standardised(features):
-            return ((features - mean) / scale).double()
-
-        kid_args = {"seed": seed, "subset_size": kid_subset_size}
-        floor = kid(standardised(teacher_a), standardised(teacher(default, prompts, seeds_b)[2]), **kid_args)
-        kids = {"teacher vs teacher (floor)": floor}
-        for steps in STUDENT_STEPS:
-            features = standardised(student_sample(steps, prompts, seeds_b)[2])
-            kids[f"student lcm-{steps} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
-        features = standardised(undistilled_sample(ADHERENCE_STEPS, prompts, seeds_b)[2])
-        kids[f"undistilled lcm-{ADHERENCE_STEPS} vs teacher"] = kid(standardised(teacher_a), features, **kid_args)
-        for value in kids.values():
-            value["ratio_to_floor"] = value["kid_mean"] / floor["kid_mean"] if floor["kid_mean"] > 0 else None
-            value["above_floor"] = value["kid_mean"] - floor["kid_mean"]
-        report["kid"] = {
-            "num_images": kid_images,
-            "teacher_sampler": default,
-            "feature_network": densenet.weights_source,
-            "features": "centred on the teacher set (seeds A) and divided by its RMS deviation",
-            "sets": kids,
-        }
-
+        report["kid"] = compare_distributions(models, kid_images, seed, kid_subset_size)
     if "following" in parts:
-        # prompt following: each finding prompt and the no-finding prompt, the same seeds for all
-        seeds = [seed + 30_000 + i for i in range(adherence_images)]
-        following = {}
-        for label, parser, networks, entry in [
-            (f"teacher {default}", teacher_parser, teacher_networks, default),
-            (f"student lcm-{ADHERENCE_STEPS}", student_parser, student_networks, f"lcm-{ADHERENCE_STEPS}"),
-            (f"undistilled lcm-{ADHERENCE_STEPS}", student_parser, teacher_networks, f"lcm-{ADHERENCE_STEPS}"),
-        ]:
-            images = {
-                prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None)[1]
-                for prompt in [*FINDINGS, NO_FINDING]
-            }
-            following[label] = prompt_following(images)
-        report["prompt_following"] = {
-            "num_images_per_prompt": adherence_images,
-            "no_finding_prompt": NO_FINDING,
-            **following,
-        }
+        report["prompt_following"] = compare_prompt_following(models, adherence_images, seed)
     return report
 
 

@@ -175,7 +175,7 @@ def synthetic_training_set(folder: Path, image_size: int, num_images: int, seed:
     """``num_images`` synthetic radiographs (``image_size``², JPEG) with report sentences, and a ``datalist.json``
     in the prepared layout (every image in "training" and "validation").
 
-    Drawn directly rather than through ``prepare_mimic``, which needs pandas (not on the GPU machine);
+    Drawn directly rather than through ``scripts.data.prepare``, which needs pandas (not on the GPU machine);
     timing does not depend on the data.
     """
     import numpy as np
@@ -196,23 +196,37 @@ def synthetic_training_set(folder: Path, image_size: int, num_images: int, seed:
     return folder
 
 
-def train_stage(
-    stage: str,
-    device: torch.device,
-    tiny: bool,
-    dataset_dir: Path,
-    work_dir: Path,
-    iterations: int,
-    batch_size: int,
-    amp_dtype: str,
-    warmup_iterations: int,
-) -> dict:
-    """``iterations`` iterations of one stage through its configs (no validation, samples or MLflow)."""
-    from ignite.engine import Events
-
+def stage_config_files(stage: str, tiny: bool) -> list[str]:
+    """The config files of a training stage ("autoencoder" or "diffusion"), with the tiny overlays when ``tiny``."""
     files = [*training_configs(stage), *(TINY_OVERLAYS if tiny else ())]
     if tiny:
         files += [str(TINY_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
+    return files
+
+
+def random_diffusion_inputs(tiny: bool, work_dir: Path) -> dict:
+    """A random-weight autoencoder (``work_dir/autoencoder.pt``) and text encoder (``work_dir/text_encoder``,
+    kept when there) for the diffusion stage, whose timing does not depend on their weights; returns the
+    overrides that load them (and keep the stage from sampling)."""
+    parser = load_parser(_config_files(tiny), {})
+    autoencoder_path = work_dir / "autoencoder.pt"
+    torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), autoencoder_path)
+    text_encoder = work_dir / "text_encoder"
+    if not text_encoder.is_dir():
+        random_text_encoder(int(parser["network_def"]["cross_attention_dim"])).save_pretrained(text_encoder)
+    return {
+        "autoencoder_path": str(autoencoder_path),
+        "autoencoder_load_old": False,
+        "text_encoder_source": str(text_encoder),
+        "sample_interval": 1000,
+    }
+
+
+def stage_overrides(
+    stage: str, device: torch.device, tiny: bool, dataset_dir: Path, work_dir: Path, batch_size: int, amp_dtype: str
+) -> dict:
+    """Config overrides of a one-epoch run of ``stage`` on ``dataset_dir``, writing to ``work_dir/<stage>``:
+    no validation, samples or MLflow; autocast to ``amp_dtype`` on CUDA."""
     overrides = {
         "bundle_root": str(BUNDLE_ROOT),
         "device": str(device),
@@ -229,24 +243,15 @@ def train_stage(
     if stage == "autoencoder":
         overrides.update(perceptual_random_backbone=True, adversarial_start_epoch=1)  # the discriminator trains too
     else:
-        parser = load_parser(_config_files(tiny), {})
-        autoencoder_path = work_dir / "autoencoder.pt"
-        torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), autoencoder_path)
-        text_encoder = work_dir / "text_encoder"
-        if not text_encoder.is_dir():
-            random_text_encoder(int(parser["network_def"]["cross_attention_dim"])).save_pretrained(text_encoder)
-        overrides.update(
-            autoencoder_path=str(autoencoder_path),
-            autoencoder_load_old=False,
-            text_encoder_source=str(text_encoder),
-            sample_interval=1000,
-        )
-    parser = load_parser(files, overrides)
-    parser["train#trainer"]["epoch_length"] = int(iterations)
-    trainer = parser.get_parsed_content("train#trainer")
-    for step in parser["run"]:
-        if step != "@train_model":
-            parser.get_parsed_content(step[1:])  # join_process_group, set_determinism, attach_ema
+        overrides.update(random_diffusion_inputs(tiny, work_dir))
+    return overrides
+
+
+def run_timed(trainer, device: torch.device) -> tuple[list[float], list[float], float]:
+    """Run ``trainer`` and return ``(marks, losses, total_s)``: the ``time.perf_counter()`` at the end of each
+    iteration (after the device finished it), each iteration's loss, and the seconds of the whole run."""
+    from ignite.engine import Events
+
     marks, losses = [], []
 
     @trainer.on(Events.ITERATION_COMPLETED)
@@ -261,6 +266,29 @@ def train_stage(
     _sync(device)
     start = time.perf_counter()
     trainer.run()
+    return marks, losses, time.perf_counter() - start
+
+
+def train_stage(
+    stage: str,
+    device: torch.device,
+    tiny: bool,
+    dataset_dir: Path,
+    work_dir: Path,
+    iterations: int,
+    batch_size: int,
+    amp_dtype: str,
+    warmup_iterations: int,
+) -> dict:
+    """``iterations`` iterations of one stage through its configs (no validation, samples or MLflow)."""
+    overrides = stage_overrides(stage, device, tiny, dataset_dir, work_dir, batch_size, amp_dtype)
+    parser = load_parser(stage_config_files(stage, tiny), overrides)
+    parser["train#trainer"]["epoch_length"] = int(iterations)
+    trainer = parser.get_parsed_content("train#trainer")
+    for step in parser["run"]:
+        if step != "@train_model":
+            parser.get_parsed_content(step[1:])  # join_process_group, set_determinism, attach_ema
+    marks, losses, total_s = run_timed(trainer, device)
     warm = min(int(warmup_iterations), len(marks) - 1)
     timed = len(marks) - 1 - warm
     images_per_s = timed * int(batch_size) / (marks[-1] - marks[warm]) if timed > 0 else None
@@ -271,12 +299,57 @@ def train_stage(
         "amp_dtype": amp_dtype if device.type == "cuda" else "float32 (autocast is CUDA-only here)",
         "warmup_iterations": warm,
         "images_per_s": images_per_s,
-        "total_s": time.perf_counter() - start,
+        "total_s": total_s,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "loss_finite": bool(losses) and all(math.isfinite(v) for v in losses),
     }
+
+
+def training_part(
+    device: torch.device, tiny: bool, image_size: int | None, iterations: int, batch_size: int, amp_dtype: str
+) -> dict:
+    """The training part: both stages on a synthetic set of ``4 * batch_size`` images of ``image_size``² (default:
+    the config's 512, 64 when ``tiny``) in a temporary folder, a quarter of the iterations (at most 5) as warm-up."""
+    size = int(image_size or (64 if tiny else 512))
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        dataset = synthetic_training_set(work / "data", size, num_images=4 * int(batch_size))
+        return {
+            "image_size": size,
+            "stages": [
+                train_stage(
+                    stage,
+                    device,
+                    tiny,
+                    dataset,
+                    work,
+                    iterations,
+                    batch_size,
+                    amp_dtype,
+                    warmup_iterations=min(5, iterations // 4),
+                )
+                for stage in ("autoencoder", "diffusion")
+            ],
+        }
+
+
+def save_report(report: dict, path: Path) -> None:
+    """Write the report so far (a run cut short still leaves what it measured)."""
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+
+def run_part(report: dict, path: Path, name: str, function) -> None:
+    """``report[name] = function()`` with its wall time, or the error and traceback if it raises; then save."""
+    started = time.perf_counter()
+    try:
+        report[name] = function()
+    except Exception as error:  # record it and go on: one failing part must not lose the others
+        report[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    report[name]["wall_s"] = time.perf_counter() - started
+    save_report(report, path)
+    print(f"[gpu benchmark] {name}: {json.dumps(report[name], default=str)[:2000]}", flush=True)
 
 
 def main(
@@ -316,58 +389,29 @@ def main(
         "command": {"device": str(device), "tiny": bool(tiny), "batch_sizes": list(batch_sizes), "parts": parts},
         "environment": environment(device),
     }
-
-    def save() -> None:
-        report_path.write_text(json.dumps(report, indent=2, default=str))
-
-    def attempt(name: str, function) -> None:
-        started = time.perf_counter()
-        try:
-            report[name] = function()
-        except Exception as error:  # record it and go on: one failing part must not lose the others
-            report[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        report[name]["wall_s"] = time.perf_counter() - started
-        save()
-        print(f"[gpu benchmark] {name}: {json.dumps(report[name], default=str)[:2000]}", flush=True)
-
-    save()
+    save_report(report, report_path)
     print(f"[gpu benchmark] {json.dumps(report['environment'], default=str)}", flush=True)
     if "sampling" in parts:
-        attempt("sampling", lambda: sampling(device, tiny, batch_sizes, repeats, peak_tflops, out))
+        run_part(
+            report, report_path, "sampling", lambda: sampling(device, tiny, batch_sizes, repeats, peak_tflops, out)
+        )
     if "compile" in parts:
-        eager = None
+        eager = None  # the eager default at the largest batch, to compare the compiled modes with
         if "error" not in report.get("sampling", {"error": "not run"}):
             eager = max(report["sampling"]["default"], key=lambda r: r["batch_size"])
-        attempt(
+        run_part(
+            report,
+            report_path,
             "compile",
             lambda: compiled_paths(device, tiny, max(batch_sizes), compile_modes, repeats, peak_tflops, eager),
         )
     if "training" in parts:
-
-        def training() -> dict:
-            size = int(train_image_size or (64 if tiny else 512))
-            with tempfile.TemporaryDirectory() as folder:
-                work = Path(folder)
-                dataset = synthetic_training_set(work / "data", size, num_images=4 * int(train_batch_size))
-                return {
-                    "image_size": size,
-                    "stages": [
-                        train_stage(
-                            stage,
-                            device,
-                            tiny,
-                            dataset,
-                            work,
-                            train_iterations,
-                            train_batch_size,
-                            train_amp_dtype,
-                            warmup_iterations=min(5, train_iterations // 4),
-                        )  # fmt: skip
-                        for stage in ("autoencoder", "diffusion")
-                    ],
-                }
-
-        attempt("training", training)
+        run_part(
+            report,
+            report_path,
+            "training",
+            lambda: training_part(device, tiny, train_image_size, train_iterations, train_batch_size, train_amp_dtype),
+        )
     print(f"[gpu benchmark] written {report_path}", flush=True)
     return report
 

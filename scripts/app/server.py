@@ -130,20 +130,19 @@ def settings_table(results: list[dict]) -> list[list]:
     return [[result["row"].get(column, "") for column in SETTINGS_COLUMNS] for result in results]
 
 
-def build_app(service: AppService, defaults: dict, folders: SessionFolders, title: str = "cxr-ldm"):
-    """The Gradio page (``gr.Blocks``) of ``service``; ``defaults`` are the config's prompt, negative_prompt,
-    seed, num_samples, num_inference_steps, guidance_scale, scheduler_name and strength."""
-    schedulers = sorted(SCHEDULERS)
-    # the sampler's per-step progress bar (tqdm) drives the page's; Gradio recognises the parameter by this default
-    step_progress = gr.Progress(track_tqdm=True)
+def sampling_inputs(defaults: dict) -> tuple[gr.Number, gr.Number, gr.Dropdown, gr.Number]:
+    """One row of a tab's sampler settings, set to the config's ``defaults``: steps, guidance, scheduler, seed."""
+    with gr.Row():
+        steps = gr.Number(value=defaults["num_inference_steps"], precision=0, label="steps")
+        guidance = gr.Number(value=defaults["guidance_scale"], label="guidance")
+        scheduler = gr.Dropdown(sorted(SCHEDULERS), value=defaults["scheduler_name"], label="scheduler")
+        seed = gr.Number(value=defaults["seed"], precision=0, label="seed")
+    return steps, guidance, scheduler, seed
 
-    def sampling_inputs():
-        with gr.Row():
-            steps = gr.Number(value=defaults["num_inference_steps"], precision=0, label="steps")
-            guidance = gr.Number(value=defaults["guidance_scale"], label="guidance")
-            scheduler = gr.Dropdown(schedulers, value=defaults["scheduler_name"], label="scheduler")
-            seed = gr.Number(value=defaults["seed"], precision=0, label="seed")
-        return steps, guidance, scheduler, seed
+
+def generate_handler(service: AppService, folders: SessionFolders, step_progress: gr.Progress):
+    """The Generate button's handler: the page's settings -> (gallery of (PNG, caption), PNG and DICOM
+    downloads, settings table rows) of the images ``service`` generated into the session's folder."""
 
     def generate(
         prompt,
@@ -165,6 +164,13 @@ def build_app(service: AppService, defaults: dict, folders: SessionFolders, titl
         downloads = [path for result in results for path in (result["image"], result["dicom"])]
         return gallery, downloads, settings_table(results)
 
+    return generate
+
+
+def prepare_upload_handler(service: AppService):
+    """The Edit tab's upload handler: the uploaded radiograph -> the mask canvas's value, the image as the
+    model sees it (``service.image_size``², grey) under empty mask layers (None when the upload is cleared)."""
+
     def prepare_upload(upload):
         if upload is None:
             return None
@@ -176,6 +182,13 @@ def build_app(service: AppService, defaults: dict, folders: SessionFolders, titl
             "layers": [],
             "composite": None,
         }
+
+    return prepare_upload
+
+
+def edit_handler(service: AppService, folders: SessionFolders, step_progress: gr.Progress):
+    """The Edit button's handler: the upload, masks (uploaded, else painted) and settings -> (comparison
+    figure, edited PNG, PNG / DICOM / figure downloads, settings table row) of the edit ``service`` made."""
 
     def edit(
         upload,
@@ -216,76 +229,101 @@ def build_app(service: AppService, defaults: dict, folders: SessionFolders, titl
         downloads = [result["image"], result["dicom"], result["comparison"]]
         return result["comparison"], result["image"], downloads, settings_table([result])
 
+    return edit
+
+
+def generate_tab(defaults: dict, generate) -> None:
+    """The Generate tab (inside ``gr.Blocks``): prompts, image count, sampler settings, the button wired to
+    ``generate`` (API name "generate", on the device slot), gallery, downloads and settings table."""
+    with gr.Tab("Generate"):
+        prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="prompt")
+        negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
+        with gr.Row():
+            num_images = gr.Number(value=defaults["num_samples"], precision=0, label="number of images")
+        steps, guidance, scheduler, seed = sampling_inputs(defaults)
+        run = gr.Button("Generate", variant="primary", elem_id="generate")
+        gallery = gr.Gallery(
+            label="images", columns=4, height=320, object_fit="contain", elem_id="gallery", format="png"
+        )
+        downloads = gr.File(label="downloads (PNG and DICOM)", file_count="multiple", elem_id="downloads")
+        table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings of each image", wrap=False)
+        run.click(
+            generate,
+            [prompt, negative, num_images, seed, steps, guidance, scheduler],
+            [gallery, downloads, table],
+            api_name="generate",
+            concurrency_limit=1,
+            concurrency_id=DEVICE_SLOT,
+        )
+
+
+def edit_tab(defaults: dict, prepare_upload, edit) -> None:
+    """The Edit tab (inside ``gr.Blocks``): radiograph and mask uploads, the mask canvas (filled by
+    ``prepare_upload``), prompts, strength, sampler settings, the button wired to ``edit`` (API name "edit",
+    on the device slot), and the results."""
+    with gr.Tab("Edit"):
+        with gr.Row():
+            upload = gr.File(label="radiograph (PNG, JPEG or DICOM)", type="filepath", elem_id="edit_upload")
+            edit_upload = gr.File(
+                label="edit mask (optional; white = may change)", type="filepath", elem_id="edit_mask_upload"
+            )
+            keep_upload = gr.File(
+                label="keep mask (optional; white = must not change)", type="filepath", elem_id="keep_mask_upload"
+            )
+        canvas = gr.ImageEditor(
+            label="paint the masks: layer 'edit mask' (may change), 'keep mask' (must not)",
+            type="numpy",
+            image_mode="RGBA",
+            sources=(),
+            transforms=(),
+            layers=gr.LayerOptions(allow_additional_layers=False, layers=list(MASK_LAYERS)),
+            brush=gr.Brush(colors=["#ff8c00", "#00c8ff"], color_mode="fixed"),
+        )
+        edit_prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="edit_prompt")
+        edit_negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
+        strength = gr.Number(value=defaults["strength"], label="strength (0: keep the image, 1: regenerate it)")
+        edit_steps, edit_guidance, edit_scheduler, edit_seed = sampling_inputs(defaults)
+        edit_run = gr.Button("Edit", variant="primary", elem_id="edit")
+        comparison = gr.Image(label="input | edited | difference", type="filepath", elem_id="comparison")
+        edited = gr.Image(label="edited", type="filepath", format="png", elem_id="edited")
+        edit_downloads = gr.File(label="downloads (PNG, DICOM, figure)", file_count="multiple")
+        edit_table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings", wrap=False)
+        upload.upload(prepare_upload, upload, canvas, api_name="prepare_upload")
+        edit_run.click(
+            edit,
+            [
+                upload,
+                canvas,
+                edit_upload,
+                keep_upload,
+                edit_prompt,
+                edit_negative,
+                strength,
+                edit_seed,
+                edit_steps,
+                edit_guidance,
+                edit_scheduler,
+            ],
+            [comparison, edited, edit_downloads, edit_table],
+            api_name="edit",
+            concurrency_limit=1,
+            concurrency_id=DEVICE_SLOT,
+        )
+
+
+def build_app(service: AppService, defaults: dict, folders: SessionFolders, title: str = "cxr-ldm"):
+    """The Gradio page (``gr.Blocks``) of ``service``; ``defaults`` are the config's prompt, negative_prompt,
+    seed, num_samples, num_inference_steps, guidance_scale, scheduler_name and strength."""
+    # the sampler's per-step progress bar (tqdm) drives the page's; Gradio recognises the parameter by this default
+    step_progress = gr.Progress(track_tqdm=True)
+    generate = generate_handler(service, folders, step_progress)
+    prepare_upload = prepare_upload_handler(service)
+    edit = edit_handler(service, folders, step_progress)
+
     with gr.Blocks(title=title, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"## {title}: chest X-rays from report text")
-        with gr.Tab("Generate"):
-            prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="prompt")
-            negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
-            with gr.Row():
-                num_images = gr.Number(value=defaults["num_samples"], precision=0, label="number of images")
-            steps, guidance, scheduler, seed = sampling_inputs()
-            run = gr.Button("Generate", variant="primary", elem_id="generate")
-            gallery = gr.Gallery(
-                label="images", columns=4, height=320, object_fit="contain", elem_id="gallery", format="png"
-            )
-            downloads = gr.File(label="downloads (PNG and DICOM)", file_count="multiple", elem_id="downloads")
-            table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings of each image", wrap=False)
-            run.click(
-                generate,
-                [prompt, negative, num_images, seed, steps, guidance, scheduler],
-                [gallery, downloads, table],
-                api_name="generate",
-                concurrency_limit=1,
-                concurrency_id=DEVICE_SLOT,
-            )
-        with gr.Tab("Edit"):
-            with gr.Row():
-                upload = gr.File(label="radiograph (PNG, JPEG or DICOM)", type="filepath", elem_id="edit_upload")
-                edit_upload = gr.File(
-                    label="edit mask (optional; white = may change)", type="filepath", elem_id="edit_mask_upload"
-                )
-                keep_upload = gr.File(
-                    label="keep mask (optional; white = must not change)", type="filepath", elem_id="keep_mask_upload"
-                )
-            canvas = gr.ImageEditor(
-                label="paint the masks: layer 'edit mask' (may change), 'keep mask' (must not)",
-                type="numpy",
-                image_mode="RGBA",
-                sources=(),
-                transforms=(),
-                layers=gr.LayerOptions(allow_additional_layers=False, layers=list(MASK_LAYERS)),
-                brush=gr.Brush(colors=["#ff8c00", "#00c8ff"], color_mode="fixed"),
-            )
-            edit_prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="edit_prompt")
-            edit_negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
-            strength = gr.Number(value=defaults["strength"], label="strength (0: keep the image, 1: regenerate it)")
-            edit_steps, edit_guidance, edit_scheduler, edit_seed = sampling_inputs()
-            edit_run = gr.Button("Edit", variant="primary", elem_id="edit")
-            comparison = gr.Image(label="input | edited | difference", type="filepath", elem_id="comparison")
-            edited = gr.Image(label="edited", type="filepath", format="png", elem_id="edited")
-            edit_downloads = gr.File(label="downloads (PNG, DICOM, figure)", file_count="multiple")
-            edit_table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings", wrap=False)
-            upload.upload(prepare_upload, upload, canvas, api_name="prepare_upload")
-            edit_run.click(
-                edit,
-                [
-                    upload,
-                    canvas,
-                    edit_upload,
-                    keep_upload,
-                    edit_prompt,
-                    edit_negative,
-                    strength,
-                    edit_seed,
-                    edit_steps,
-                    edit_guidance,
-                    edit_scheduler,
-                ],
-                [comparison, edited, edit_downloads, edit_table],
-                api_name="edit",
-                concurrency_limit=1,
-                concurrency_id=DEVICE_SLOT,
-            )
+        generate_tab(defaults, generate)
+        edit_tab(defaults, prepare_upload, edit)
 
         def end_session(request: gr.Request):
             folders.close_session(request.session_hash)

@@ -106,7 +106,7 @@ def datalist_items(datalist_file: str, section: str, dataset_dir: str, limit: in
 
     if not os.path.isfile(datalist_file):
         raise FileNotFoundError(
-            f"Datalist '{datalist_file}' not found: prepare the data set first (python -m scripts.prepare_mimic)."
+            f"Datalist '{datalist_file}' not found: prepare the data set first (python -m scripts.data.prepare)."
         )
     items = load_decathlon_datalist(datalist_file, is_segmentation=False, data_list_key=section, base_dir=dataset_dir)
     if not items:

@@ -1,6 +1,6 @@
-"""Turn MIMIC-CXR-JPG + MIMIC-CXR reports (or data in the same layout) into training-ready data.
+"""``python -m scripts.data.prepare``: MIMIC-CXR-JPG + reports (or data in that layout) -> training-ready data.
 
-    python -m scripts.prepare_mimic --mimic_dir /data/mimic-cxr-jpg/2.0.0 \\
+    python -m scripts.data.prepare --mimic_dir /data/mimic-cxr-jpg/2.0.0 \\
         --reports /data/mimic-cxr-reports.zip --output_dir data/prepared
 
 For every image whose ``ViewPosition`` is one of ``view_positions`` (default PA) and whose study's report
@@ -275,6 +275,99 @@ def write_summary(output: Path, head: dict, datalist: dict, counts: Counter, ski
     return summary
 
 
+def parse_view_positions(view_positions: str | tuple[str, ...]) -> tuple[str, ...]:
+    """``"PA,AP"`` or ``("PA", "AP")`` -> ``("PA", "AP")`` (blank names of the string form dropped)."""
+    if isinstance(view_positions, str):
+        view_positions = tuple(view.strip() for view in view_positions.split(",") if view.strip())
+    return tuple(str(view) for view in view_positions)
+
+
+def check_arguments(root: Path, image_format: str, short_side: int) -> None:
+    """Raise ``PreparationError`` for an unknown image format, a short side under 8 px or a missing input folder."""
+    if image_format not in ("jpg", "png"):
+        raise PreparationError(f"image_format must be 'jpg' or 'png', got {image_format!r}.")
+    if int(short_side) < 8:
+        raise PreparationError(f"short_side must be at least 8 pixels, got {short_side}.")
+    if not root.is_dir():
+        raise PreparationError(f"mimic_dir '{root}' is not a folder: give the MIMIC-CXR-JPG root (it holds 'files/').")
+
+
+def read_study_report(source: ReportSource, subject_id: int, study_id: int, counts: Counter) -> tuple[list[str], str]:
+    """A study's report sentences and why its images are skipped ("" when they are not).
+
+    Counts the report in ``counts`` as missing, without sections or read from its last paragraph.
+    """
+    text = source.read(subject_id, study_id)
+    sentences, from_last_paragraph = ([], False) if text is None else report_sentences_with_fallback(text)
+    counts["reports_from_last_paragraph"] += int(from_last_paragraph)
+    if text is None:
+        counts["reports_missing"] += 1
+        return sentences, "no report"
+    if not sentences:
+        counts["reports_without_sections"] += 1
+        return sentences, "report has no FINDINGS/IMPRESSION and no usable last paragraph"
+    return sentences, ""
+
+
+def source_image(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
+    """The original image of a table row: the MIMIC-CXR-JPG ``.jpg``, or a ``.png`` of that name (own data)."""
+    original = root / image_path(subject_id, study_id, dicom_id)
+    if not original.is_file() and original.with_suffix(".png").is_file():
+        original = original.with_suffix(".png")
+    return original
+
+
+def plan_images(
+    images: pd.DataFrame,
+    source: ReportSource,
+    root: Path,
+    output: Path,
+    image_format: str,
+    short_side: int,
+    jpeg_quality: int,
+    skipped: list[tuple[str, str]],
+    counts: Counter,
+) -> tuple[list[tuple], dict]:
+    """The resize tasks and the datalist items of the images of ``images`` whose study has a usable report.
+
+    Images of studies without one are added to ``skipped``; images an earlier run wrote are counted as
+    ``images_already_done`` and get no task.
+
+    Returns:
+        ``(tasks, items)``: ``resize_image`` arguments per image still to write, and relative output path ->
+        datalist item (with its ``_split``) per image, in table order.
+    """
+    sentences_of: dict[int, list[str]] = {}
+    problem_of: dict[int, str] = {}  # study_id -> why its images are skipped
+    tasks, items, claimed = [], {}, {}
+    for row in images.itertuples(index=False):
+        if row.study_id not in sentences_of:  # one report per study, read once
+            sentences_of[row.study_id], problem = read_study_report(source, row.subject_id, row.study_id, counts)
+            if problem:
+                problem_of[row.study_id] = problem
+        if row.study_id in problem_of:
+            skipped.append((row.dicom_id, problem_of[row.study_id]))
+            continue
+        relative = image_path(row.subject_id, row.study_id, row.dicom_id, image_format)
+        claim_output(claimed, relative, f"image {row.dicom_id!r} of subject {row.subject_id}, study {row.study_id}")
+        if relative in items:  # the same image listed twice by the tables: prepared once
+            continue
+        items[relative] = {
+            "image": relative,
+            "sentences": sentences_of[row.study_id],
+            "subject_id": int(row.subject_id),
+            "study_id": int(row.study_id),
+            "dicom_id": str(row.dicom_id),
+            "_split": SPLIT_NAMES[row.split],
+        }
+        if (output / relative).is_file():
+            counts["images_already_done"] += 1
+        else:
+            original = source_image(root, row.subject_id, row.study_id, row.dicom_id)
+            tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
+    return tasks, items
+
+
 def prepare(
     mimic_dir: str,
     output_dir: str,
@@ -307,15 +400,8 @@ def prepare(
     """
     started = time.time()
     root, output = Path(mimic_dir), Path(output_dir)
-    if isinstance(view_positions, str):
-        view_positions = tuple(view.strip() for view in view_positions.split(",") if view.strip())
-    view_positions = tuple(str(view) for view in view_positions)
-    if image_format not in ("jpg", "png"):
-        raise PreparationError(f"image_format must be 'jpg' or 'png', got {image_format!r}.")
-    if int(short_side) < 8:
-        raise PreparationError(f"short_side must be at least 8 pixels, got {short_side}.")
-    if not root.is_dir():
-        raise PreparationError(f"mimic_dir '{root}' is not a folder: give the MIMIC-CXR-JPG root (it holds 'files/').")
+    view_positions = parse_view_positions(view_positions)
+    check_arguments(root, image_format, short_side)
     images = read_image_table(
         _find_table(root, METADATA_CSV, metadata_csv), _find_table(root, SPLIT_CSV, split_csv), view_positions
     )
@@ -329,44 +415,7 @@ def prepare(
 
     skipped: list[tuple[str, str]] = []
     counts: Counter = Counter()
-    sentences_of: dict[int, list[str]] = {}
-    problem_of: dict[int, str] = {}  # study_id -> why its images are skipped
-    tasks, items, claimed = [], {}, {}
-    for row in images.itertuples(index=False):
-        if row.study_id not in sentences_of:
-            text = source.read(row.subject_id, row.study_id)
-            sentences, from_last_paragraph = ([], False) if text is None else report_sentences_with_fallback(text)
-            sentences_of[row.study_id] = sentences
-            counts["reports_from_last_paragraph"] += int(from_last_paragraph)
-            if text is None:
-                counts["reports_missing"] += 1
-                problem_of[row.study_id] = "no report"
-            elif not sentences_of[row.study_id]:
-                counts["reports_without_sections"] += 1
-                problem_of[row.study_id] = "report has no FINDINGS/IMPRESSION and no usable last paragraph"
-        if row.study_id in problem_of:
-            skipped.append((row.dicom_id, problem_of[row.study_id]))
-            continue
-        relative = image_path(row.subject_id, row.study_id, row.dicom_id, image_format)
-        claim_output(claimed, relative, f"image {row.dicom_id!r} of subject {row.subject_id}, study {row.study_id}")
-        if relative in items:  # the same image listed twice by the tables: prepared once
-            continue
-        items[relative] = {
-            "image": relative,
-            "sentences": sentences_of[row.study_id],
-            "subject_id": int(row.subject_id),
-            "study_id": int(row.study_id),
-            "dicom_id": str(row.dicom_id),
-            "_split": SPLIT_NAMES[row.split],
-        }
-        if (output / relative).is_file():
-            counts["images_already_done"] += 1
-        else:
-            original = root / image_path(row.subject_id, row.study_id, row.dicom_id)
-            if not original.is_file() and original.with_suffix(".png").is_file():  # own data may be PNG
-                original = original.with_suffix(".png")
-            tasks.append((str(original), str(output / relative), int(short_side), int(jpeg_quality)))
-
+    tasks, items = plan_images(images, source, root, output, image_format, short_side, jpeg_quality, skipped, counts)
     datalist = write_results(output, items, run_image_tasks(tasks, num_workers, progress), skipped, counts)
     studies = len({item["study_id"] for entries in datalist.values() for item in entries})
     head = {"images_selected": len(images), "view_positions": list(view_positions), "studies": studies}
@@ -392,3 +441,9 @@ def main(*args, **kwargs) -> None:
 main.__doc__ = (
     "Prepare MIMIC-CXR-JPG-format data for training; prints the summary.\n" + prepare.__doc__.split("\n", 1)[1]
 )
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,8 +1,8 @@
-"""Own data as DICOM: a folder of radiographs plus a reports table -> the same prepared data set as MIMIC-CXR.
+"""``python -m scripts.data.prepare_dicom``: own DICOM radiographs + a reports table -> a prepared data set.
 
-``python -m scripts.prepare_dicom --dicom_dir D --reports_table T --output_dir O`` writes ``O/images/...``
+``python -m scripts.data.prepare_dicom --dicom_dir D --reports_table T --output_dir O`` writes ``O/images/...``
 (8-bit, short side ``short_side``), ``datalist.json``, ``summary.json`` and ``skipped.csv``, exactly like
-``scripts.prepare_mimic``, so training and evaluation configs take it with ``--dataset_dir O``.
+``scripts.data.prepare``, so training and evaluation configs take it with ``--dataset_dir O``.
 
 The reports table (CSV) has one row per image and these columns:
 
@@ -117,7 +117,7 @@ def prepare_dicom(
         reports_table: CSV described in the module docstring.
         output_dir: where the images, ``datalist.json``, ``summary.json`` and ``skipped.csv`` go.
         view_positions: View Position values kept (``"PA,AP"``: frontal); files without the tag are kept.
-        short_side / image_format / jpeg_quality / num_workers / progress: as for ``scripts.prepare_mimic``.
+        short_side / image_format / jpeg_quality / num_workers / progress: as for ``scripts.data.prepare``.
     """
     started = time.time()
     root, output = Path(dicom_dir), Path(output_dir)
@@ -184,3 +184,9 @@ def main(*args, **kwargs) -> None:
     if usable == 0:
         raise PreparationError(f"No usable image was produced: see {Path(output_dir) / 'skipped.csv'}.")
     print(f"Prepared {usable} images in {output_dir} ({summary['images_skipped']} files skipped, in skipped.csv).")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main, serialize=lambda summary: None)

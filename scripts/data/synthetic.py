@@ -1,6 +1,6 @@
-"""A synthetic stand-in for MIMIC-CXR-JPG + MIMIC-CXR reports, in the real layout and file formats.
+"""``python -m scripts.data.synthetic``: a synthetic stand-in for MIMIC-CXR-JPG + reports, in its layout and formats.
 
-    python -m scripts.synthetic_mimic --output_dir data/synthetic_mimic --num_subjects 100 --seed 0
+    python -m scripts.data.synthetic --output_dir data/synthetic_mimic --num_subjects 100 --seed 0
 
 writes::
 
@@ -321,6 +321,152 @@ def _split_of(index: int, num_subjects: int) -> str:
     return {8: "validate", 9: "test"}.get(index % 10, "train")
 
 
+@dataclass
+class SyntheticTables:
+    """The data set's table rows and report texts, filled study by study in the order they are drawn."""
+
+    metadata: list[dict] = field(default_factory=list)  # per image, METADATA_COLUMNS
+    splits: list[dict] = field(default_factory=list)  # per image: dicom_id, study_id, subject_id, split
+    chexpert: list[dict] = field(default_factory=list)  # per study: subject_id, study_id, CHEXPERT_LABELS
+    findings: list[dict] = field(default_factory=list)  # per study: the drawn findings and the report's sentences
+    reports: dict[str, str] = field(default_factory=dict)  # files/pXX/pSUBJECT/sSTUDY.txt -> report text
+
+
+def _check_arguments(num_subjects: int, image_size: int, reports: str) -> None:
+    """Raise ``ValueError`` for no subjects, images under 32 px or an unknown ``reports`` form."""
+    if int(num_subjects) < 1:
+        raise ValueError(f"num_subjects must be at least 1, got {num_subjects}.")
+    if int(image_size) < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}.")
+    if reports not in ("tree", "zip", "both"):
+        raise ValueError(f"reports must be 'tree', 'zip' or 'both', got {reports!r}.")
+
+
+def _write_radiograph(
+    study_dir: Path, findings: StudyFindings, view: str, image_size: int, rng: np.random.Generator
+) -> tuple[str, tuple[int, int]]:
+    """Draw one view of a study and save it as ``study_dir/<dicom_id>.jpg`` (8-bit grey, JPEG quality 95).
+
+    Returns ``(dicom_id, (height, width))``: the width is ``image_size``, the height 1.0-1.25× that.
+    """
+    dicom_id = _dicom_id(rng)
+    width = int(image_size)
+    height = int(round(width * rng.uniform(1.0, 1.25)))
+    pixels = draw_radiograph(findings, height, width, rng, view=view)
+    image_path = study_dir / f"{dicom_id}.jpg"
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode="L").save(image_path, quality=95)
+    return dicom_id, (height, width)
+
+
+def _metadata_row(
+    dicom_id: str,
+    subject_id: int,
+    study_id: int,
+    view: str,
+    view_names: str,
+    size: tuple[int, int],
+    date: str,
+    rng: np.random.Generator,
+) -> dict:
+    """The metadata-table row (``METADATA_COLUMNS``) of one image of ``size`` (height, width); draws its
+    acquisition time from ``rng``."""
+    height, width = size
+    return {
+        "dicom_id": dicom_id,
+        "subject_id": subject_id,
+        "study_id": study_id,
+        "PerformedProcedureStepDescription": f"CHEST ({view_names})",
+        "ViewPosition": view,
+        "Rows": height,
+        "Columns": width,
+        "StudyDate": date,
+        "StudyTime": f"{int(rng.integers(0, 235959)):06d}.000",
+        "ProcedureCodeSequence_CodeMeaning": f"CHEST ({view_names})",
+        "ViewCodeSequence_CodeMeaning": VIEW_MEANINGS[view],
+        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
+    }
+
+
+def _chexpert_row(subject_id: int, study_id: int, findings: StudyFindings) -> dict:
+    """The CheXpert-table row of a study: "1.0" for each label its findings show, "" for the others."""
+    labels = {
+        "Cardiomegaly": findings.cardiomegaly,
+        "Pleural Effusion": bool(findings.effusion_side),
+        "Pneumothorax": bool(findings.pneumothorax_side),
+        "No Finding": findings.no_finding,
+    }
+    return {
+        "subject_id": subject_id,
+        "study_id": study_id,
+        **{name: "1.0" if labels.get(name) else "" for name in CHEXPERT_LABELS},
+    }
+
+
+def _findings_row(subject_id: int, study_id: int, findings: StudyFindings) -> dict:
+    """The ``FINDINGS_CSV`` row of a study: its drawn findings and its report's sentences (a JSON list)."""
+    return {
+        "subject_id": subject_id,
+        "study_id": study_id,
+        "cardiomegaly": int(findings.cardiomegaly),
+        "effusion_side": findings.effusion_side,
+        "effusion_size": findings.effusion_size,
+        "pneumothorax_side": findings.pneumothorax_side,
+        "sentences": json.dumps(findings.sentences),
+    }
+
+
+def _add_study(
+    tables: SyntheticTables,
+    root: Path,
+    subject_id: int,
+    study_id: int,
+    split: str,
+    image_size: int,
+    rng: np.random.Generator,
+) -> None:
+    """Draw one study (findings, views, report, date, images), write its images and add its rows to ``tables``.
+
+    Draws from ``rng`` in a fixed order (findings, views, report, date, then per image its id, height,
+    pixels and time): the same seed gives the same files.
+    """
+    findings = draw_findings(rng)
+    views = ["AP"] if rng.random() < 0.1 else ["PA"] + (["LATERAL"] if rng.random() < 0.6 else [])
+    view_names = " AND ".join("LAT" if view == "LATERAL" else view for view in views)
+    report, findings.sentences = write_report(findings, view_names, rng)
+    subject_dir = f"files/{subject_folder(subject_id)}"
+    tables.reports[f"{subject_dir}/s{study_id}.txt"] = report
+    date = f"21{int(rng.integers(10, 90)):02d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
+    study_dir = root / subject_dir / f"s{study_id}"
+    for view in views:
+        dicom_id, size = _write_radiograph(study_dir, findings, view, image_size, rng)
+        tables.metadata.append(_metadata_row(dicom_id, subject_id, study_id, view, view_names, size, date, rng))
+        tables.splits.append({"dicom_id": dicom_id, "study_id": study_id, "subject_id": subject_id, "split": split})
+    tables.chexpert.append(_chexpert_row(subject_id, study_id, findings))
+    tables.findings.append(_findings_row(subject_id, study_id, findings))
+
+
+def _write_reports(root: Path, texts: dict[str, str], reports: str) -> None:
+    """Write the report texts as a ``files/`` tree (``reports`` "tree"), as ``REPORTS_ZIP`` ("zip") or both."""
+    if reports in ("tree", "both"):
+        for name, text in texts.items():
+            (root / name).write_text(text)
+    if reports in ("zip", "both"):
+        with atomic_path(root / REPORTS_ZIP) as temporary:
+            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for name, text in texts.items():
+                    # a fixed date, so the same seed gives a byte-identical zip
+                    archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), text)
+
+
+def _write_tables(root: Path, tables: SyntheticTables) -> None:
+    """Write the metadata, split, CheXpert and findings tables (gzipped CSV) to ``root``."""
+    _write_gzip_csv(root / METADATA_CSV, METADATA_COLUMNS, tables.metadata)
+    _write_gzip_csv(root / SPLIT_CSV, ["dicom_id", "study_id", "subject_id", "split"], tables.splits)
+    _write_gzip_csv(root / CHEXPERT_CSV, ["subject_id", "study_id", *CHEXPERT_LABELS], tables.chexpert)
+    _write_gzip_csv(root / FINDINGS_CSV, list(tables.findings[0]), tables.findings)
+
+
 def generate(
     output_dir: str,
     num_subjects: int = 100,
@@ -339,102 +485,25 @@ def generate(
             like the mostly portrait MIMIC images. Use 64-96 for tests, ≥ 512 for training.
         reports: ``"tree"`` (``files/pXX/pSUBJECT/sSTUDY.txt``), ``"zip"`` (``mimic-cxr-reports.zip``) or ``"both"``.
     """
-    if int(num_subjects) < 1:
-        raise ValueError(f"num_subjects must be at least 1, got {num_subjects}.")
-    if int(image_size) < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}.")
-    if reports not in ("tree", "zip", "both"):
-        raise ValueError(f"reports must be 'tree', 'zip' or 'both', got {reports!r}.")
+    _check_arguments(num_subjects, image_size, reports)
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    metadata, split_rows, chexpert_rows, findings_rows, report_files = [], [], [], [], {}
+    tables = SyntheticTables()
     for index in range(int(num_subjects)):
         rng = np.random.default_rng([int(seed), index])
         subject_id = 10_000_000 + 9_973 * index + int(rng.integers(0, 9_000))
-        subject_dir = f"files/{subject_folder(subject_id)}"
         for study_index in range(int(rng.integers(1, int(max_studies_per_subject) + 1))):
             study_id = (
                 50_000_000 + 4_001 * (index * int(max_studies_per_subject) + study_index) + int(rng.integers(0, 4_000))
             )
-            findings = draw_findings(rng)
-            views = ["AP"] if rng.random() < 0.1 else ["PA"] + (["LATERAL"] if rng.random() < 0.6 else [])
-            view_names = " AND ".join("LAT" if view == "LATERAL" else view for view in views)
-            report, findings.sentences = write_report(findings, view_names, rng)
-            report_files[f"{subject_dir}/s{study_id}.txt"] = report
-            date = f"21{int(rng.integers(10, 90)):02d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
-            for view in views:
-                dicom_id = _dicom_id(rng)
-                width = int(image_size)
-                height = int(round(width * rng.uniform(1.0, 1.25)))
-                pixels = draw_radiograph(findings, height, width, rng, view=view)
-                image_path = root / subject_dir / f"s{study_id}" / f"{dicom_id}.jpg"
-                image_path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels, mode="L").save(image_path, quality=95)
-                metadata.append(
-                    {
-                        "dicom_id": dicom_id,
-                        "subject_id": subject_id,
-                        "study_id": study_id,
-                        "PerformedProcedureStepDescription": f"CHEST ({view_names})",
-                        "ViewPosition": view,
-                        "Rows": height,
-                        "Columns": width,
-                        "StudyDate": date,
-                        "StudyTime": f"{int(rng.integers(0, 235959)):06d}.000",
-                        "ProcedureCodeSequence_CodeMeaning": f"CHEST ({view_names})",
-                        "ViewCodeSequence_CodeMeaning": VIEW_MEANINGS[view],
-                        "PatientOrientationCodeSequence_CodeMeaning": "Erect",
-                    }
-                )
-                split_rows.append(
-                    {
-                        "dicom_id": dicom_id,
-                        "study_id": study_id,
-                        "subject_id": subject_id,
-                        "split": _split_of(index, int(num_subjects)),
-                    }
-                )
-            labels = {
-                "Cardiomegaly": findings.cardiomegaly,
-                "Pleural Effusion": bool(findings.effusion_side),
-                "Pneumothorax": bool(findings.pneumothorax_side),
-                "No Finding": findings.no_finding,
-            }
-            chexpert_rows.append(
-                {
-                    "subject_id": subject_id,
-                    "study_id": study_id,
-                    **{name: "1.0" if labels.get(name) else "" for name in CHEXPERT_LABELS},
-                }
-            )
-            findings_rows.append(
-                {
-                    "subject_id": subject_id,
-                    "study_id": study_id,
-                    "cardiomegaly": int(findings.cardiomegaly),
-                    "effusion_side": findings.effusion_side,
-                    "effusion_size": findings.effusion_size,
-                    "pneumothorax_side": findings.pneumothorax_side,
-                    "sentences": json.dumps(findings.sentences),
-                }
-            )
-    if reports in ("tree", "both"):
-        for name, text in report_files.items():
-            (root / name).write_text(text)
-    if reports in ("zip", "both"):
-        with atomic_path(root / REPORTS_ZIP) as temporary:
-            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for name, text in report_files.items():
-                    archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), text)
-    _write_gzip_csv(root / METADATA_CSV, METADATA_COLUMNS, metadata)
-    _write_gzip_csv(root / SPLIT_CSV, ["dicom_id", "study_id", "subject_id", "split"], split_rows)
-    _write_gzip_csv(root / CHEXPERT_CSV, ["subject_id", "study_id", *CHEXPERT_LABELS], chexpert_rows)
-    _write_gzip_csv(root / FINDINGS_CSV, list(findings_rows[0]), findings_rows)
+            _add_study(tables, root, subject_id, study_id, _split_of(index, int(num_subjects)), int(image_size), rng)
+    _write_reports(root, tables.reports, reports)
+    _write_tables(root, tables)
     return {
         "subjects": int(num_subjects),
-        "studies": len(findings_rows),
-        "images": len(metadata),
-        "pa_images": sum(row["ViewPosition"] == "PA" for row in metadata),
+        "studies": len(tables.findings),
+        "images": len(tables.metadata),
+        "pa_images": sum(row["ViewPosition"] == "PA" for row in tables.metadata),
     }
 
 
@@ -445,3 +514,9 @@ def main(output_dir: str, num_subjects: int = 100, seed: int = 0, image_size: in
         f"Wrote {counts['images']} images ({counts['pa_images']} PA) of {counts['studies']} studies of "
         f"{counts['subjects']} subjects to {output_dir}"
     )
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,11 +1,13 @@
-"""Turn the CLIP byte-pair-encoding file into the ``vocab.json`` + ``merges.txt`` pair that
+"""``python -m scripts.distribution.convert_clip_bpe``: the CLIP BPE file as ``transformers.CLIPTokenizer`` files.
+
+It turns the CLIP byte-pair-encoding file into the ``vocab.json`` + ``merges.txt`` pair that
 ``transformers.CLIPTokenizer`` reads.
 
 The bundle ships the result in ``tokenizer/`` so that tokenisation never needs a download. This module
 records how those files were made (and lets anyone re-make them) from ``bpe_simple_vocab_16e6.txt.gz``,
 the vocabulary file that OpenAI CLIP and the ``open_clip_torch`` wheel carry::
 
-    python -m scripts.convert_clip_bpe --bpe_path bpe_simple_vocab_16e6.txt.gz --output_dir tokenizer
+    python -m scripts.distribution.convert_clip_bpe --bpe_path bpe_simple_vocab_16e6.txt.gz --output_dir tokenizer
 """
 
 from __future__ import annotations
@@ -68,3 +70,9 @@ def convert(bpe_path: str, output_dir: str) -> str:
     with open(os.path.join(output_dir, "special_tokens_map.json"), "w", encoding="utf-8") as f:
         json.dump(special, f, indent=2)
     return output_dir
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(convert)

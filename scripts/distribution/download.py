@@ -1,8 +1,8 @@
-"""Fetch the bundle's large files (``large_files.yml``): resumable, hash-checked, with manual instructions.
+"""``python -m scripts.distribution.download``: fetch the large files of ``large_files.yml``, resumable, hash-checked.
 
-    python -m scripts.download                       # every entry
-    python -m scripts.download models/model.pt       # some entries (path or file name)
-    python -m scripts.download text_encoder          # OpenCLIP ViT-H/14 → models/text_encoder
+    python -m scripts.distribution.download                       # every entry
+    python -m scripts.distribution.download models/model.pt       # some entries (path or file name)
+    python -m scripts.distribution.download text_encoder          # OpenCLIP ViT-H/14 → models/text_encoder
 
 Each entry of ``large_files.yml`` has ``path`` (relative to the bundle), ``url`` (and optionally
 ``mirrors``), ``hash_type`` (md5/sha256) and ``hash_val``. A file already present with the right hash is
@@ -195,3 +195,9 @@ def main(
     if failures:
         print("\n\n".join(failures), file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

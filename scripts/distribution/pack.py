@@ -1,6 +1,6 @@
-"""Pack the bundle into the release zip that ``python -m monai.bundle download`` fetches and unpacks.
+"""``python -m scripts.distribution.pack``: the release zip that ``monai.bundle download`` fetches and unpacks.
 
-    python -m scripts.pack                    # -> dist/cxr_ldm_v<version>.zip
+    python -m scripts.distribution.pack                    # -> dist/cxr_ldm_v<version>.zip
 
 The zip holds one folder, ``cxr_ldm/``, with the configs, scripts, tokenizer, docs, ``large_files.yml``,
 ``LICENSE``, ``README.md`` and the requirements, and no weights (``models/`` is empty; the weights
@@ -44,3 +44,9 @@ def pack(bundle_root: str = ".", output_dir: str = "dist") -> str:
             archive.write(os.path.join(bundle_root, relative), f"{BUNDLE_NAME}/{relative}")
         archive.writestr(f"{BUNDLE_NAME}/models/", "")
     return target
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(pack)

@@ -1,9 +1,10 @@
-"""Fidelity of one image set against another with any feature extractors: FID, KID and PRDC.
+"""``python -m scripts.evaluation.compare``: FID, KID and PRDC of one image set against another per feature extractor.
 
 For sets outside the evaluation workflow, e.g. a CheXGenBench benchmark set against a folder of real
 test images::
 
-    python -m scripts.fidelity chexgenbench/synthetic_images /data/real_test --extractors xrv,raddino,inception
+    python -m scripts.evaluation.compare chexgenbench/synthetic_images /data/real_test \\
+        --extractors xrv,raddino,inception
 """
 
 from __future__ import annotations
@@ -65,3 +66,9 @@ def main(
         atomic_write_json(output_json, summary)
     print(json.dumps(summary, indent=2))
     return summary
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main, serialize=lambda summary: None)

@@ -219,7 +219,7 @@ def load_inception(
         weights_path = os.fspath(weights_path)
         if not os.path.isfile(weights_path):
             raise ExtractorWeightsError(
-                f"Inception-v3 weights '{weights_path}' not found: run `python -m scripts.download "
+                f"Inception-v3 weights '{weights_path}' not found: run `python -m scripts.distribution.download "
                 f"models/{INCEPTION_FILE}` (or fetch {INCEPTION_URL}) and set --inception_weights to the file."
             )
         if sha256_prefix and not file_digest(weights_path).startswith(sha256_prefix):

@@ -1,4 +1,4 @@
-"""Fréchet distance between two image sets in torchxrayvision DenseNet-121 feature space (FID).
+"""``python -m scripts.evaluation.fid``: FID, the Fréchet distance of two image sets in torchxrayvision features.
 
 Features are the 1024-d pooled features of ``densenet121-res224-all`` (``scripts.evaluation.xrv``) under an input
 protocol: ``"xrv"`` (correct, default) or ``"reference"`` (the seed paper's, to reproduce its 9.02; see
@@ -11,7 +11,8 @@ biased upwards: compare only numbers computed from equal set sizes (the paper us
 
 CLI (folders, or ``datalist.json#section`` with ``--dataset_dir``)::
 
-    python -m scripts.fid output/samples_a output/samples_b --xrv_weights models/xrv/densenet121-res224-all.pt
+    python -m scripts.evaluation.fid output/samples_a output/samples_b \\
+        --xrv_weights models/xrv/densenet121-res224-all.pt
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def main(
 
     Args:
         set_a, set_b: folders of PNG/JPEG/.pt images in [0, 1] (8-bit), or ``datalist.json#section``.
-        xrv_weights: local ``densenet121-res224-all`` file (``python -m scripts.download``); the string
+        xrv_weights: local ``densenet121-res224-all`` file (``python -m scripts.distribution.download``); the string
             ``"random"`` uses random weights (for trying the command only: the number is meaningless).
         protocol: ``"xrv"`` (correct) or ``"reference"`` (the seed paper's, uses ``role_a``/``role_b``).
         limit: use the first ``limit`` images of each set (sorted by name).
@@ -163,3 +164,9 @@ def main(
         atomic_write_json(output_json, summary)
     print(json.dumps(summary, indent=2))
     return summary
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main, serialize=lambda summary: None)

@@ -1,4 +1,4 @@
-"""Image-similarity metrics: autoencoder reconstruction quality and pairwise MS-SSIM diversity.
+"""Reconstruction quality and pairwise MS-SSIM diversity; ``python -m scripts.evaluation.metrics diversity FOLDER``.
 
 All images are (B, 1, H, W) float tensors with intensities in [0, 1]; every metric uses data range 1.
 
@@ -200,3 +200,9 @@ def diversity_cli(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = pairwise_diversity(images, max_pairs, seed, batch_size, kernel_size, device=device, progress=True)
     print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"diversity": diversity_cli})

@@ -6,7 +6,7 @@ FID (see ``scripts.evaluation.fid``), and its 18 pathology outputs score prompt 
 
 Weights never come from torchxrayvision's own downloader (it fetches from GitHub at construction time):
 the network is built with ``DenseNet(weights=None)`` and filled from a local file that
-``python -m scripts.download`` fetches like the bundle's other large files. ``weights_path=None`` keeps
+``python -m scripts.distribution.download`` fetches like the bundle's other large files. ``weights_path=None`` keeps
 random weights, which only makes sense for tests: results are then flagged as not meaningful.
 
 Two input protocols (``PROTOCOLS``) turn images with intensities in [0, 1] into network input:
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 XRV_WEIGHTS_NAME = "densenet121-res224-all"
 #: SHA-256 of the official release file (28,382,008 bytes), as recorded by several independent users.
 XRV_WEIGHTS_SHA256 = "56524913dd16a906422e8d8b66a7a5c46be1d82eb7ac012d8103776f1aa68899"
-XRV_DOWNLOAD_HELP = "run `python -m scripts.download` to fetch it (or set --xrv_weights to a local copy)"
+XRV_DOWNLOAD_HELP = "run `python -m scripts.distribution.download` to fetch it (or set --xrv_weights to a local copy)"
 
 XRV_INPUT_SIZE = 224
 XRV_MAX_VALUE = 1024.0

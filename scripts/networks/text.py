@@ -38,9 +38,9 @@ NULL_PROMPT_STYLES = ("empty_prompt", "bos_eos")
 #: Where the Stable Diffusion 2.1-base text encoder can come from; printed when none can be loaded.
 TEXT_ENCODER_HELP = (
     "The SD-2.1-base text encoder (the 'stabilityai/stable-diffusion-2-1-base' Hugging Face repository was "
-    "withdrawn) is needed. Either run `python -m scripts.download text_encoder` (it converts LAION's OpenCLIP "
-    "ViT-H/14, 'laion/CLIP-ViT-H-14-laion2B-s32B-b79K', into models/text_encoder), or put a transformers "
-    "CLIPTextModel folder (config.json + model.safetensors) at models/text_encoder, or point "
+    "withdrawn) is needed. Either run `python -m scripts.distribution.download text_encoder` (it converts "
+    "LAION's OpenCLIP ViT-H/14, 'laion/CLIP-ViT-H-14-laion2B-s32B-b79K', into models/text_encoder), or put a "
+    "transformers CLIPTextModel folder (config.json + model.safetensors) at models/text_encoder, or point "
     "--text_encoder_source at a local folder, an OpenCLIP checkpoint file, or a Hugging Face id/mirror "
     "that still hosts the text encoder."
 )
@@ -64,7 +64,7 @@ def load_tokenizer(path: str):
     if missing:
         raise FileNotFoundError(
             f"Tokenizer files {missing} not found in '{path}': set --tokenizer_path to the bundle's 'tokenizer' "
-            "folder (re-create it with `python -m scripts.convert_clip_bpe`)."
+            "folder (re-create it with `python -m scripts.distribution.convert_clip_bpe`)."
         )
     tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
     if len(tokenizer) != VOCAB_SIZE:

@@ -1,6 +1,6 @@
-"""A small random text encoder with the CLIP vocabulary, for trial runs and tests without any download.
+"""``python -m scripts.networks.tiny_text_encoder``: a small random text encoder with the CLIP vocabulary, no download.
 
-``python -m scripts.tiny_text_encoder --output_dir models/tiny_text_encoder`` writes a 2-layer
+``python -m scripts.networks.tiny_text_encoder --output_dir models/tiny_text_encoder`` writes a 2-layer
 ``CLIPTextModel`` (hidden size 32, the tiny UNet's ``cross_attention_dim``) with the 49,408-token CLIP
 vocabulary and 77 positions, loadable with ``--text_encoder_source models/tiny_text_encoder``. Its
 weights are random: prompts steer a model trained with it, but it knows no language.
@@ -47,3 +47,9 @@ def main(
         f"{output_dir}"
     )
     return os.fspath(output_dir)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main, serialize=lambda folder: None)

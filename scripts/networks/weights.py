@@ -15,7 +15,7 @@ import torch
 
 from scripts.common.errors import CxrLdmError
 
-DOWNLOAD_HINT = "run `python -m scripts.download` (or place the file there by hand, see README 'Weights')"
+DOWNLOAD_HINT = "run `python -m scripts.distribution.download` (or place the file there by hand, see README 'Weights')"
 
 
 class CheckpointError(CxrLdmError, RuntimeError):

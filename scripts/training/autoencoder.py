@@ -59,8 +59,9 @@ class LPIPSLoss(torch.nn.Module):
         if not random_backbone:
             if not backbone_path or not os.path.isfile(backbone_path):
                 raise FileNotFoundError(
-                    f"LPIPS backbone weights '{backbone_path}' not found: run `python -m scripts.download` or save "
-                    f"{SQUEEZENET_URL} there (or set --perceptual_backbone_path)."
+                    f"LPIPS backbone weights '{backbone_path}' not found: run "
+                    f"`python -m scripts.distribution.download` or save {SQUEEZENET_URL} there (or set "
+                    "--perceptual_backbone_path)."
                 )
             self.load_backbone(torch.load(backbone_path, map_location="cpu", weights_only=True))
         self.normalize = bool(normalize)

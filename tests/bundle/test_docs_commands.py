@@ -62,30 +62,49 @@ def _options(words: list[str]) -> dict[str, str | None]:
     return options
 
 
-def _fire_parameters(module: str) -> set[str] | None:
-    """Parameter names accepted by the function(s) a module passes to ``fire.Fire`` (None: any)."""
+def _entry_point(module: str) -> ast.Module:
+    """The parsed source of a command's module.
+
+    Raises:
+        AssertionError: the module does not exist or has no ``fire`` entry point.
+    """
     path = BUNDLE_ROOT / (module.replace(".", "/") + ".py")
     assert path.is_file(), f"module {module} does not exist"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    assert 'if __name__ == "__main__":' in text and "fire.Fire(" in text, f"{module} has no fire entry point"
+    return ast.parse(text)
+
+
+def _wrapped_name(function: ast.FunctionDef) -> str | None:
+    """The function named by a ``@functools.wraps(name, ...)`` decorator: fire shows (and takes) its arguments."""
+    for decorator in function.decorator_list:
+        if (
+            isinstance(decorator, ast.Call)
+            and isinstance(decorator.func, ast.Attribute)
+            and decorator.func.attr == "wraps"
+            and isinstance(decorator.args[0], ast.Name)
+        ):
+            return decorator.args[0].id
+    return None
+
+
+def _fire_parameters(module: str) -> set[str] | None:
+    """Parameter names accepted by the function(s) a module passes to ``fire.Fire`` (None: any)."""
+    tree = _entry_point(module)
     functions = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-    for node in tree.body:  # an entry-point module imports its functions from the implementing module
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("scripts.", "benchmarks.")):
-            source = ast.parse((BUNDLE_ROOT / (node.module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
-            imported = {alias.name for alias in node.names}
-            functions.update(
-                {n.name: n for n in ast.walk(source) if isinstance(n, ast.FunctionDef) and n.name in imported}
-            )
     calls = [
         node
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Fire"
     ]
-    assert calls, f"{module} has no fire entry point"
     target = calls[0].args[0]
     names = [v.id for v in target.values] if isinstance(target, ast.Dict) else [target.id]
     parameters: set[str] = set()
     for name in names:
-        arguments = functions[name].args
+        function = functions[name]
+        while _wrapped_name(function) in functions:
+            function = functions[_wrapped_name(function)]
+        arguments = function.args
         if arguments.kwarg is not None:
             return None
         parameters |= {a.arg for a in arguments.args + arguments.kwonlyargs}
@@ -139,12 +158,48 @@ def test_command_check_catches_a_wrong_key_and_option():
     with pytest.raises(AssertionError, match="--guidance is not a key"):
         _check_bundle_run(
             shlex.split(
-                "python -m monai.bundle run --config_file \"['configs/model.json','configs/inference.json']\" --guidance 3"
+                "python -m monai.bundle run --config_file "
+                "\"['configs/model.json','configs/inference.json']\" --guidance 3"
             ),
             "x",
         )
     with pytest.raises(AssertionError, match="has no option --subjects"):
-        _check_python_module("scripts.synthetic_mimic", ["--subjects", "3"], "x")
+        _check_python_module("scripts.data.synthetic", ["--subjects", "3"], "x")
+    with pytest.raises(AssertionError, match="scripts.data.no_such_command does not exist"):
+        _check_python_module("scripts.data.no_such_command", [], "x")
+    with pytest.raises(AssertionError, match="scripts.common.files has no fire entry point"):
+        _check_python_module("scripts.common.files", [], "x")
+
+
+#: Text that names commands outside the documents' code blocks: prose, the large-file list, the configs'
+#: comments, docstrings and error messages. metadata.json is left out: its changelog keeps each version's words.
+MENTIONING = [
+    *DOCUMENTS,
+    *sorted((BUNDLE_ROOT / "docs").glob("*.txt")),
+    BUNDLE_ROOT / "large_files.yml",
+    *sorted(path for path in (BUNDLE_ROOT / "configs").rglob("*.json") if path.name != "metadata.json"),
+    *sorted((BUNDLE_ROOT / "scripts").rglob("*.py")),
+    *sorted((BUNDLE_ROOT / "benchmarks").rglob("*.py")),
+]
+#: ``python -m scripts.x.y`` / ``python -m benchmarks.x``; group 1 is the module.
+NAMED_COMMAND = re.compile(r"python -m ((?:scripts|benchmarks)(?:\.\w+)+)")
+
+
+def test_every_command_named_anywhere_is_an_entry_point():
+    """A command named in prose or in a message (``run `python -m scripts....` ``) exists as written."""
+    assert NAMED_COMMAND.findall("run `python -m scripts.data.prepare`.") == ["scripts.data.prepare"]
+    named: dict[str, str] = {}
+    for path in MENTIONING:
+        for module in NAMED_COMMAND.findall(path.read_text(encoding="utf-8")):
+            named.setdefault(module, path.relative_to(BUNDLE_ROOT).as_posix())
+    assert len(named) >= 10, f"only {sorted(named)} named: did the documents move?"
+    wrong = []
+    for module, where in sorted(named.items()):
+        try:
+            _entry_point(module)
+        except AssertionError as error:
+            wrong.append(f"{where}: {error}")
+    assert not wrong, "\n".join(wrong)
 
 
 def _bundle_copy(destination: Path) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-import scripts.data.prepare as prepare_mimic
+import scripts.data.prepare as prepare_module
 from helpers.bundle import BUNDLE_ROOT
 from helpers.data import load_datalist, make_synthetic_mimic
 from scripts.common.files import is_temporary, temporary_path
@@ -124,7 +124,7 @@ def test_reports_zip_and_uncompressed_tables_give_the_same_datalist(raw_root, pr
 
 def test_interrupted_run_resumes_without_redoing_finished_images(raw_root, prepared, tmp_path, monkeypatch):
     output = tmp_path / "prepared"
-    real_resize = prepare_mimic.resize_image
+    real_resize = prepare_module.resize_image
     calls = []
 
     def resize_then_interrupt(*args):
@@ -136,7 +136,7 @@ def test_interrupted_run_resumes_without_redoing_finished_images(raw_root, prepa
         calls.append(args[1])
         return real_resize(*args)
 
-    monkeypatch.setattr(prepare_mimic, "resize_image", resize_then_interrupt)
+    monkeypatch.setattr(prepare_module, "resize_image", resize_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(raw_root), str(output), short_side=SHORT_SIDE, num_workers=0, progress=False)
     monkeypatch.undo()
@@ -199,14 +199,14 @@ def test_corrupt_image_and_bad_reports_are_skipped_and_counted(raw_root, tmp_pat
 
 def test_nothing_usable_exits_non_zero_with_a_message(raw_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        prepare_mimic.main(str(raw_root), str(tmp_path / "out"), view_positions="NONE", num_workers=0, progress=False)
+        prepare_module.main(str(raw_root), str(tmp_path / "out"), view_positions="NONE", num_workers=0, progress=False)
     assert exit_info.value.code == 1
     assert "no usable image" in capsys.readouterr().err
 
 
 def test_bad_inputs_give_one_line_errors(raw_root, prepared, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        prepare_mimic.main(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
+        prepare_module.main(str(tmp_path / "missing"), str(tmp_path / "out"), progress=False)
     assert exit_info.value.code == 2
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(PreparationError, match="prepared with"):  # mixing image sizes in one folder
@@ -227,7 +227,7 @@ def test_command_line_generates_and_prepares_in_parallel(tmp_path):
         [
             sys.executable,
             "-m",
-            "scripts.synthetic_mimic",
+            "scripts.data.synthetic",
             "--output_dir",
             str(raw),
             "--num_subjects",
@@ -240,7 +240,7 @@ def test_command_line_generates_and_prepares_in_parallel(tmp_path):
         [
             sys.executable,
             "-m",
-            "scripts.prepare_mimic",
+            "scripts.data.prepare",
             "--mimic_dir",
             str(raw),
             "--output_dir",
@@ -323,13 +323,13 @@ def test_killing_preparation_ends_its_workers(raw_root, tmp_path):
     # Each image takes 1 s in the workers, so without the fix a worker would go on through its chunk.
     code = (
         "import sys, time\n"
-        "import scripts.data.prepare as prepare_mimic\n"
-        "resize = prepare_mimic.resize_image\n"
+        "import scripts.data.prepare as prepare_module\n"
+        "resize = prepare_module.resize_image\n"
         "def slow(*task):\n"
         "    time.sleep(1.0)\n"
         "    return resize(*task)\n"
-        "prepare_mimic.resize_image = slow\n"
-        "prepare_mimic.main(sys.argv[1], sys.argv[2], short_side=32, num_workers=2, progress=False)\n"
+        "prepare_module.resize_image = slow\n"
+        "prepare_module.main(sys.argv[1], sys.argv[2], short_side=32, num_workers=2, progress=False)\n"
     )
     output = tmp_path / "prepared"
     env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}

@@ -151,7 +151,7 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     # The large files come from the download command (here with the tiny weights served on loopback).
     entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in ("autoencoder.pt", "model.pt")]
     (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
-    fetched = _python(["-m", "scripts.download", "models/autoencoder.pt", "models/model.pt",
+    fetched = _python(["-m", "scripts.distribution.download", "models/autoencoder.pt", "models/model.pt",
                        "--large_files", str(tmp_path / "large_files.yml")], cwd=bundle)  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")

@@ -57,7 +57,8 @@ def inputs(tmp_path) -> dict:
 
 
 def test_preparation_is_training_preparation(tmp_path):
-    """An input image is prepared exactly as a training image: prepare_mimic's resize, then data.json's loading."""
+    """An input image is prepared exactly as a training image: scripts.data.prepare's resize, then data.json's
+    loading."""
     from scripts.data.prepare import resize_image
 
     for name, size in (("tall.png", (80, 96)), ("wide.png", (120, 70)), ("square.png", (64, 64))):

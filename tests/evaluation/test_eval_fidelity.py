@@ -89,7 +89,7 @@ def test_extractor_sources_local_folder_and_clear_offline_errors(tmp_path):
         extractors.load_raddino("microsoft/rad-dino")  # no network, nothing cached
     with pytest.raises(extractors.ExtractorWeightsError, match="does not exist"):
         extractors.load_raddino(str(tmp_path / "missing"))
-    with pytest.raises(extractors.ExtractorWeightsError, match="scripts.download"):
+    with pytest.raises(extractors.ExtractorWeightsError, match="scripts.distribution.download"):
         extractors.load_inception(str(tmp_path / extractors.INCEPTION_FILE))
     wrong = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(1)}, wrong)

@@ -116,6 +116,6 @@ def test_text_encoder_sources_and_clear_errors(tmp_path):
         text.load_text_encoder(str(tmp_path / "empty"))
     # A hub id that cannot be reached (tests run with HF_HUB_OFFLINE=1) is one clear message, not a traceback
     # from the hub client.
-    with pytest.raises(text.TextEncoderNotFoundError, match="scripts.download text_encoder") as info:
+    with pytest.raises(text.TextEncoderNotFoundError, match="scripts.distribution.download text_encoder") as info:
         text.load_text_encoder("stabilityai/stable-diffusion-2-1-base")
     assert info.value.__cause__ is None

@@ -112,7 +112,7 @@ def test_corrupted_wrong_and_unsafe_files_give_clear_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(CheckpointError, match=r"truncated\.pt' could not be read"):
         load_weights(autoencoder, tmp_path / "truncated.pt")
-    with pytest.raises(CheckpointError, match=r"absent\.pt' not found: run `python -m scripts.download`"):
+    with pytest.raises(CheckpointError, match=r"absent\.pt' not found: run `python -m scripts.distribution.download`"):
         load_weights(autoencoder, tmp_path / "absent.pt")
     # Weights of another architecture: the message names the file and what differs.
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "unet.pt")

@@ -176,7 +176,7 @@ def test_text_encoder_and_tokenizer_sources_are_used(baseline_image, tiny_model_
     with pytest.raises(Exception) as info:
         _generate(tiny_model_dir, tmp_path / "missing", text_encoder_source=str(tmp_path / "nowhere"))
     assert isinstance(root_cause(info.value), TextEncoderNotFoundError)
-    assert "scripts.download text_encoder" in str(root_cause(info.value))
+    assert "scripts.distribution.download text_encoder" in str(root_cause(info.value))
     with pytest.raises(Exception) as info:
         _generate(tiny_model_dir, tmp_path / "no_tokenizer", tokenizer_path=str(tmp_path / "nowhere"))
     assert isinstance(root_cause(info.value), FileNotFoundError) and "tokenizer" in str(root_cause(info.value))
