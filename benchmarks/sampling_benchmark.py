@@ -412,7 +412,6 @@ def parity(
     """
     from benchmarks.parity_model import synthetic_set
     from scripts.evaluation import xrv
-    from scripts.sampling.sampler import initial_latents
 
     info = json.loads((Path(model_dir) / "parity_model.json").read_text())
     files = [*(list(config_file) if isinstance(config_file, (list, tuple)) else [config_file]), *TINY_OVERLAYS]
@@ -430,42 +429,17 @@ def parity(
     _, prompts = synthetic_set(num_images, int(parser["image_size"]), seed=seed + 1000)  # prompts not used in training
     seeds = [seed + i for i in range(num_images)]
     densenet = xrv.load_densenet(xrv_weights, device=device)
+    results = parity_samples(parser, networks, [*references, *samplers], prompts, seeds, densenet, device)
     reference_labels = [_parity_recipe(entry)[0] for entry in references]
     sampler_labels = [_parity_recipe(entry)[0] for entry in samplers]
-    results = {}
-    with torch.inference_mode():
-        for entry in [*references, *samplers]:
-            label, settings = _parity_recipe(entry)
-            if label in results:
-                continue
-            sampler = make_sampler(parser, networks, settings, int(settings["num_inference_steps"]))
-            context, uncond = (
-                sampler.encode_prompts(prompts).to(device),
-                sampler.encode_prompts([""] * num_images).to(device),
-            )
-            latents = sampler.denoise(
-                networks["network"],
-                initial_latents(seeds, sampler.latent_shape).to(device),
-                context,
-                uncond,
-                seeds=seeds,
-            )
-            images = sampler.decode(latents)
-            results[label] = (latents.float(), images, xrv.image_features(densenet, images))
-    tables, fewest = {}, {}
-    for reference in reference_labels:
-        table = tables[reference] = {}
-        for name in [r for r in reference_labels if r != reference] + sampler_labels:
-            table[name] = parity_distances(results[name], results[reference])
-        baseline = table.get("ddim-50")
-        fewest[reference] = {}
-        for name in [entry for entry in samplers if isinstance(entry, str)]:
-            scheduler_name, steps, _ = sampler_spec(name)
-            # one search per scheduler and set of options: "unipc_karras", "unipc_karras@bf16", ...
-            key = "@".join([scheduler_name, *name.split("@")[1:]])
-            if baseline and scheduler_name != "ddim" and all(table[name][k] <= baseline[k] for k in baseline):
-                previous = fewest[reference].get(key)
-                fewest[reference][key] = int(steps) if previous is None else min(previous, int(steps))
+    tables = {
+        reference: {
+            name: parity_distances(results[name], results[reference])
+            for name in [r for r in reference_labels if r != reference] + sampler_labels
+        }
+        for reference in reference_labels
+    }
+    fewest = {reference: fewest_steps_at_parity(table, samplers) for reference, table in tables.items()}
     return {
         "model": str(model_dir),
         "model_info": {k: v for k, v in info.items() if k != "prompts"},
@@ -474,6 +448,40 @@ def parity(
         "distances": tables,
         "fewest_steps_as_close_as_ddim_50": fewest,
     }
+
+
+def parity_samples(parser, networks, entries, prompts, seeds, densenet, device) -> dict:
+    """Latents, images and DenseNet features of each entry's sampler (label -> tuple), from one noise and text."""
+    from scripts.evaluation import xrv
+    from scripts.sampling.sampler import initial_latents
+
+    results = {}
+    with torch.inference_mode():
+        for entry in entries:
+            label, settings = _parity_recipe(entry)
+            if label in results:
+                continue
+            sampler = make_sampler(parser, networks, settings, int(settings["num_inference_steps"]))
+            context = sampler.encode_prompts(prompts).to(device)
+            uncond = sampler.encode_prompts([""] * len(prompts)).to(device)
+            start = initial_latents(seeds, sampler.latent_shape).to(device)
+            latents = sampler.denoise(networks["network"], start, context, uncond, seeds=seeds)
+            images = sampler.decode(latents)
+            results[label] = (latents.float(), images, xrv.image_features(densenet, images))
+    return results
+
+
+def fewest_steps_at_parity(table: dict, samplers) -> dict:
+    """Per scheduler and set of options ("unipc_karras", "unipc_karras@bf16", ...), the fewest steps among the
+    ``sampler_spec`` entries of ``samplers`` that are no further from the reference than DDIM-50 is."""
+    baseline, fewest = table.get("ddim-50"), {}
+    for name in [entry for entry in samplers if isinstance(entry, str)]:
+        scheduler_name, steps, _ = sampler_spec(name)
+        key = "@".join([scheduler_name, *name.split("@")[1:]])
+        if baseline and scheduler_name != "ddim" and all(table[name][k] <= baseline[k] for k in baseline):
+            previous = fewest.get(key)
+            fewest[key] = int(steps) if previous is None else min(previous, int(steps))
+    return fewest
 
 
 def recipe_label(settings: dict) -> str:
@@ -625,73 +633,20 @@ def main(
     """
     parser = load_parser(config_file, overrides)
     device = torch.device(device) if device else parser.get_parsed_content("device")
-    report = {
-        "device": device_name(device),
-        "capabilities": capabilities(device),
-        "torch": torch.__version__,
-        "command_overrides": overrides,
-    }
-    default = {key: parser[key] for key in SWITCHES}
-    # "auto" -> this machine's precision, the way a sampling run resolves it (the CPU probe included)
-    precision_choice = choose_precision(default["autocast_dtype"], device)
-    report["precision"] = precision_report(precision_choice)
-    default["autocast_dtype"] = precision_choice.precision
-    default["compile"] = resolve_compile(
-        default["compile"], device, default["autocast_dtype"], run_images, parser["compile_min_images"]
-    )
+    report = {"device": device_name(device), "capabilities": capabilities(device), "torch": torch.__version__}
+    report["command_overrides"] = overrides
+    default, report["precision"] = resolve_default(parser, device, run_images)
     recipes = [("default", default, list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes])]
     if levers:
         recipes += [(lever, settings, [1]) for lever, settings in lever_recipes(default)]
     if timing:
-        networks, sources = build_networks(parser, device, seed)
-        if default["use_flash_attention"] != REFERENCE["use_flash_attention"]:
-            reference_parser = load_parser(config_file, {**overrides, "use_flash_attention": False})
-            reference_unet = reference_parser.get_parsed_content("network_def").to(device).eval()
-            reference_unet.load_state_dict(networks["network"].state_dict())
-        else:
-            reference_unet = networks["network"]
-        steps = None if full_steps else timed_steps
-        rows = [
-            {
-                "recipe": "reference",
-                "lever": "reference",
-                **time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False),
-            }
-        ]
-        for lever, settings, sizes in recipes:
-            for batch_size in sizes:
-                row = time_recipe(
-                    parser, networks, networks["network"], settings, int(batch_size), steps, repeats, device, True
-                )
-                rows.append({"recipe": "ours", "lever": lever, **row})
-        for row in rows:
-            row["speed_up"] = rows[0]["per_image_s"] / row["per_image_s"]
-        report["timing"] = {"weights": sources, "repeats": repeats, "timed_steps": steps, "rows": rows}
-        ours = rows[1]
-        summary = {
-            "run_images": int(run_images),
-            "compile_s": ours["compile_s"],
-            "per_image_s": ours["per_image_s"] + ours["compile_s"] / int(run_images),
-        }
-        summary["speed_up"] = rows[0]["per_image_s"] / summary["per_image_s"]
-        eager = next((r for r in rows[2:] if r["settings"]["compile"] != ours["settings"]["compile"]), None)
-        if eager is not None:
-            compiled, uncompiled = (ours, eager) if ours["settings"]["compile"] else (eager, ours)
-            gain = uncompiled["per_image_s"] - compiled["per_image_s"]
-            summary["compile_gain_s_per_image"] = gain
-            summary["compile_pays_after_images"] = compiled["compile_s"] / gain if gain > 0 else None
-        report["timing"]["default"] = summary
+        networks = build_networks(parser, device, seed)
+        report["timing"] = timing_part(
+            parser, config_file, overrides, networks, recipes, device, None if full_steps else timed_steps, repeats
+        )
+        report["timing"]["default"] = default_summary(report["timing"]["rows"], run_images)
         if peak_tflops:
-            per_image = int(default["num_inference_steps"]) * unet_flops(
-                networks["network"], parser, device, batch_size=2
-            )
-            report["timing"].update(
-                {
-                    "peak_tflops": peak_tflops,
-                    "flops_per_image": per_image,
-                    "bound_images_per_s": peak_tflops * 1e12 / per_image,
-                }
-            )
+            report["timing"].update(compute_bound(parser, networks[0]["network"], default, device, peak_tflops))
     if parity_model_dir:
         recipe_entries = [(recipe_label(settings), settings) for _, settings, _ in recipes]
         report["parity"] = parity(
@@ -705,16 +660,85 @@ def main(
             xrv_weights,
             device,
         )
-        table = next(iter(report["parity"]["distances"].values()))
-        yardstick = table["ddim-50"]
-        for row in report.get("timing", {}).get("rows", []):
-            label = "ddim-50" if row["recipe"] == "reference" else recipe_label(row["settings"])
-            row["parity"] = table.get(label)
-            row["at_parity"] = bool(row["parity"]) and all(row["parity"][k] <= yardstick[k] for k in yardstick)
+        attach_parity(report)
     Path(output_json).write_text(json.dumps(report, indent=2))
     print_tables(report)
     print(f"report written to {output_json}")
     return report
+
+
+def resolve_default(parser, device: torch.device, run_images: int) -> tuple[dict, dict]:
+    """The config's recipe (``SWITCHES``) resolved as a sampling run of ``run_images`` images on ``device``
+    resolves it ("auto" precision, the CPU probe included, and "auto" compile), and the precision's report."""
+    default = {key: parser[key] for key in SWITCHES}
+    precision_choice = choose_precision(default["autocast_dtype"], device)
+    default["autocast_dtype"] = precision_choice.precision
+    default["compile"] = resolve_compile(
+        default["compile"], device, default["autocast_dtype"], run_images, parser["compile_min_images"]
+    )
+    return default, precision_report(precision_choice)
+
+
+def timing_part(parser, config_file, overrides: dict, networks, recipes, device, steps, repeats: int) -> dict:
+    """Rows of the reference (one image at a time) and of each recipe at each of its batch sizes, on the
+    ``networks`` and their sources (``build_networks``; the reference's UNet without flash attention when the
+    config's has it)."""
+    networks, sources = networks
+    reference_unet = networks["network"]
+    if parser["use_flash_attention"] != REFERENCE["use_flash_attention"]:
+        reference_parser = load_parser(config_file, {**overrides, "use_flash_attention": False})
+        reference_unet = reference_parser.get_parsed_content("network_def").to(device).eval()
+        reference_unet.load_state_dict(networks["network"].state_dict())
+    reference = time_recipe(parser, networks, reference_unet, REFERENCE, 1, steps, repeats, device, cache_null=False)
+    rows = [{"recipe": "reference", "lever": "reference", **reference}]
+    for lever, settings, sizes in recipes:
+        for batch_size in sizes:
+            row = time_recipe(
+                parser, networks, networks["network"], settings, int(batch_size), steps, repeats, device, True
+            )
+            rows.append({"recipe": "ours", "lever": lever, **row})
+    for row in rows:
+        row["speed_up"] = rows[0]["per_image_s"] / row["per_image_s"]
+    return {"weights": sources, "repeats": repeats, "timed_steps": steps, "rows": rows}
+
+
+def default_summary(rows, run_images: int) -> dict:
+    """The default over a run of ``run_images`` images (its compile time spread over them), its speed-up, and
+    when compiling pays (against the first row that differs from it in ``compile``)."""
+    reference, ours = rows[0], rows[1]
+    summary = {
+        "run_images": int(run_images),
+        "compile_s": ours["compile_s"],
+        "per_image_s": ours["per_image_s"] + ours["compile_s"] / int(run_images),
+    }
+    summary["speed_up"] = reference["per_image_s"] / summary["per_image_s"]
+    eager = next((r for r in rows[2:] if r["settings"]["compile"] != ours["settings"]["compile"]), None)
+    if eager is not None:
+        compiled, uncompiled = (ours, eager) if ours["settings"]["compile"] else (eager, ours)
+        gain = uncompiled["per_image_s"] - compiled["per_image_s"]
+        summary["compile_gain_s_per_image"] = gain
+        summary["compile_pays_after_images"] = compiled["compile_s"] / gain if gain > 0 else None
+    return summary
+
+
+def compute_bound(parser, unet, default: dict, device: torch.device, peak_tflops: float) -> dict:
+    """The images/s a device of ``peak_tflops`` dense TFLOP/s could reach on the default's UNet passes."""
+    per_image = int(default["num_inference_steps"]) * unet_flops(unet, parser, device, batch_size=2)
+    return {
+        "peak_tflops": peak_tflops,
+        "flops_per_image": per_image,
+        "bound_images_per_s": peak_tflops * 1e12 / per_image,
+    }
+
+
+def attach_parity(report: dict) -> None:
+    """Each timed row's distances to the first reference, and whether it is at parity (no further than DDIM-50)."""
+    table = next(iter(report["parity"]["distances"].values()))
+    yardstick = table["ddim-50"]
+    for row in report.get("timing", {}).get("rows", []):
+        label = "ddim-50" if row["recipe"] == "reference" else recipe_label(row["settings"])
+        row["parity"] = table.get(label)
+        row["at_parity"] = bool(row["parity"]) and all(row["parity"][k] <= yardstick[k] for k in yardstick)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ from scripts.networks.schedulers import is_stochastic, scheduler_name
 from scripts.networks.text import check_context_width, encode_ids, prompt_ids
 
 
+def number_as_given(value) -> int | float:
+    """``value`` as a Python number, an int staying an int: the sampler's identity (the manifest) then records
+    ``--guidance_scale 7`` as 7 and the default 7.0 as 7.0, while image names hash both alike."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else float(value)
+
+
 def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
     """Initial noise (B, *latent_shape), image i drawn from its own CPU generator seeded with ``seeds[i]``.
 
@@ -116,8 +122,8 @@ class GuidedLatentSampler(Inferer):
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.num_inference_steps = int(num_inference_steps)
-        self.guidance_scale = float(guidance_scale)
-        self.scale_factor = float(scale_factor)
+        self.guidance_scale = number_as_given(guidance_scale)
+        self.scale_factor = number_as_given(scale_factor)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.null_prompt = null_prompt
         self.batched_guidance = bool(batched_guidance)
