@@ -7,6 +7,9 @@ them. From the bundle root::
     python -m tests.snapshot --output_json after.json --parts inference,evaluation
     python -m tests.snapshot --compare before.json after.json
 
+The bundle's version is part of every image's identity (its file name) and of the evaluation summary: across
+a version bump, take the second snapshot with ``--model_version <the first one's version>``.
+
 Each part runs through the command-line config path, with the tests' tiny overlays (``tests/configs``) and
 helpers (``tests/helpers``), on CPU, with fixed seeds:
 
@@ -142,11 +145,15 @@ class Snapshot:
         return {"entries": self.entries, "documents": self.documents, "seconds": self.seconds}
 
 
+#: overrides of every sampling, editing and evaluation run (``--model_version``)
+RUN_OVERRIDES: dict[str, str] = {}
+
+
 def _seeded_run(run, *args, **kwargs):
     """Call a workflow with the global RNGs seeded: random-weight networks built inside draw from them."""
     torch.manual_seed(0)
     np.random.seed(0)
-    return run(*args, **kwargs)
+    return run(*args, **{**RUN_OVERRIDES, **kwargs})
 
 
 def run_inference_part(snapshot: Snapshot, model_dir: Path) -> None:
@@ -308,7 +315,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--work_dir", help="folder for the runs' outputs (default: a temporary one, removed)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two snapshot files")
+    parser.add_argument("--model_version", help="the version recorded in images' identities (default: the bundle's)")
     args = parser.parse_args(argv)
+    if args.model_version:
+        RUN_OVERRIDES["model_version"] = args.model_version
     if args.compare:
         return 0 if compare(*args.compare) else 1
     if not args.output_json:

@@ -158,7 +158,7 @@ def test_latents_outside_the_edit_region_end_as_the_inputs(tiny_model_dir, input
     """Inside the denoising loop the known latents are put back at each level; the loop ends on z0 itself."""
     from helpers.bundle import tiny_parser
 
-    parser = tiny_parser(EDIT_CONFIG, **tiny_run_settings(tiny_model_dir, "unused"))
+    parser = tiny_parser(EDIT_CONFIG, **tiny_run_settings(tiny_model_dir, "unused", image=str(inputs["image"])))
     editor, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
     regions = load_edit_inputs({"source_image": str(inputs["image"]), "edit_mask": str(inputs["edit_mask"])}, SIZE)
     with torch.inference_mode():

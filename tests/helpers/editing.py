@@ -36,5 +36,5 @@ def write_mask(path: Path, box: tuple[int, int, int, int], size: tuple[int, int]
 
 
 def run_edit(model_dir: Path, output_dir: Path, **overrides) -> list[Path]:
-    """Run the editing workflow (inference.json + the tiny overlay + edit.json) in-process; the edited images."""
+    """Run the editing workflow (the inference chain + the tiny overlays + edit.json) in-process; the edited images."""
     return run_inference(model_dir, output_dir, EDIT_CONFIG, **overrides)

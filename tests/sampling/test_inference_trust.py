@@ -160,9 +160,9 @@ def test_text_encoder_width_mismatch_fails_when_built(tmp_path, tiny_model_dir):
     ],
 )
 def test_file_names_keep_letters_of_any_script(prompt, expected):
-    from scripts.sampling.jobs import sampling_jobs
+    from scripts.sampling.jobs import prompt_rows, sampling_jobs
 
-    name = sampling_jobs(prompt=prompt, seed=3)[0]["name"]
+    name = sampling_jobs(prompt_rows(prompt=prompt, seed=3))[0]["name"]
     assert name.startswith(f"00000_{expected}_seed3_"), name
 
 
