@@ -63,7 +63,9 @@ def test_the_xrv_protocol_is_what_reaches_the_network(densenet):
 
 def test_missing_weights_name_the_file_and_the_download_command(tmp_path):
     missing = tmp_path / "xrv" / "densenet121-res224-all.pt"
-    with pytest.raises(xrv.XrvWeightsError, match=r"densenet121-res224-all\.pt.*python -m scripts\.distribution\.download"):
+    with pytest.raises(
+        xrv.XrvWeightsError, match=r"densenet121-res224-all\.pt.*python -m scripts\.distribution\.download"
+    ):
         xrv.load_densenet(str(missing))
 
 
