@@ -13,29 +13,13 @@ import torch
 from helpers.bundle import BUNDLE_ROOT, tiny_parser, tiny_run_settings
 
 #: what decides an image besides prompt and seed: the sampler's settings, the model's and the output format
-SAMPLER_KEYS = {
-    "num_inference_steps",
-    "guidance_scale",
-    "scheduler",
-    "null_prompt",
-    "scale_factor",
-    "latent_shape",
-    "batched_guidance",
-    "autocast_dtype",
-    "guidance_interval",
-    "cache_interval",
-    "channels_last",
-    "compile",
-}
-MODEL_KEYS = {
-    "model_version",
-    "load_old",
-    "autoencoder_weights",
-    "diffusion_weights",
-    "text_encoder",
-    "tokenizer",
-    "use_flash_attention",
-}
+SAMPLER_KEYS = set(
+    "num_inference_steps guidance_scale scheduler null_prompt scale_factor latent_shape batched_guidance "
+    "autocast_dtype guidance_interval cache_interval channels_last compile".split()
+)
+MODEL_KEYS = set(
+    "model_version load_old autoencoder_weights diffusion_weights text_encoder tokenizer use_flash_attention".split()
+)
 
 
 def _parser(tiny_model_dir, tmp_path, **overrides):
