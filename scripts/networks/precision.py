@@ -325,7 +325,10 @@ def resolve_precision(autocast_dtype: str | None, device: str | torch.device) ->
 def autocast_kwargs(amp_dtype: str) -> dict:
     """``torch.autocast`` keyword arguments of a training run's mixed precision (``amp_dtype``: "float16",
     the reference recipe's, or "bfloat16", which needs no loss scaling and cannot overflow)."""
-    name = PRECISION_SPELLINGS.get(str(amp_dtype).strip().lower(), str(amp_dtype).strip().lower())
+    try:
+        name = precision_name(amp_dtype)
+    except ValueError:
+        name = None
     if name not in ("float16", "bfloat16"):
         raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}.")
     return {"dtype": PRECISIONS[name]}

@@ -135,12 +135,10 @@ class GuidedLatentSampler(Inferer):
         self.progress = bool(progress)
         if cross_attention_dim is not None:
             check_context_width(text_encoder, cross_attention_dim)
-        # as given ([500, 999] stays ints): the manifest records it so
-        self.guidance_interval_setting = None if guidance_interval is None else list(guidance_interval)
         if guidance_interval is not None:
             if len(guidance_interval) != 2 or float(guidance_interval[0]) > float(guidance_interval[1]):
                 raise ValueError(f"guidance_interval must be [lowest, highest] timestep, got {guidance_interval!r}.")
-            guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
+            guidance_interval = [number_as_given(bound) for bound in guidance_interval]
         self.guidance_interval = guidance_interval
         if int(cache_interval) < 1:
             raise ValueError(f"cache_interval must be >= 1, got {cache_interval}.")
@@ -166,7 +164,7 @@ class GuidedLatentSampler(Inferer):
             "latent_shape": list(self.latent_shape),
             "batched_guidance": self.batched_guidance,
             "autocast_dtype": self.precision,
-            "guidance_interval": self.guidance_interval_setting,
+            "guidance_interval": self.guidance_interval,
             "cache_interval": self.cache_interval,
             "channels_last": self.channels_last,
             "compile": self.compile,
