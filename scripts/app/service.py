@@ -3,9 +3,10 @@
 A request is checked by the command line's checks (``scripts.sampling.settings``,
 ``scripts.editing.settings``, ``scripts.editing.inputs``), turned into jobs by the command line's job
 builders (``sampling_jobs`` / ``edit_jobs``, so an image gets the name, seed and manifest row the command
-line would give it), and run by the same MONAI evaluator, sampler and writers that ``configs/inference.json``
-and ``configs/edit.json`` wire together. Only the settings a request may change (steps, guidance, scheduler)
-differ from the config's sampler, on a copy of it that shares its networks (``request_sampler``).
+line would give it), and run by the same engine (``scripts.sampling.engine``), sampler, editor and writers that
+``configs/inference.json`` and ``configs/edit.json`` wire together. Only the settings a request may change (steps,
+guidance, scheduler) differ from the config's sampler or editor, on a copy that shares its networks
+(``with_settings``).
 
 Each image is written as PNG (the picture the page shows) and, in ``dicom/``, as the bundle's synthetic
 Secondary Capture DICOM of the same float image.
@@ -13,10 +14,8 @@ Secondary Capture DICOM of the same float image.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,14 +30,8 @@ from scripts.editing.jobs import edit_jobs, edit_rows
 from scripts.editing.settings import check_edit_settings
 from scripts.editing.writer import EDIT_MANIFEST_COLUMNS, EditWriter
 from scripts.networks.schedulers import build_scheduler
-from scripts.sampling.jobs import (
-    collate_jobs,
-    image_settings,
-    pending_jobs,
-    prepare_job_batch,
-    prompt_rows,
-    sampling_jobs,
-)
+from scripts.sampling.engine import run_jobs
+from scripts.sampling.jobs import image_settings, manifest_settings, pending_jobs, prompt_rows, sampling_jobs
 from scripts.sampling.sampler import GuidedLatentSampler
 from scripts.sampling.settings import SettingsError, as_int, check_settings
 from scripts.sampling.writer import (
@@ -61,33 +54,6 @@ MASKS_DIR = "masks"
 
 class AppRequestError(CxrLdmError, ValueError):
     """A request of the app that cannot be run (the message names the field and the fix)."""
-
-
-def request_sampler(
-    sampler: GuidedLatentSampler,
-    scheduler,
-    num_inference_steps: int,
-    guidance_scale: float,
-    feather_pixels: int | None = None,
-) -> GuidedLatentSampler:
-    """The config's sampler (its ``inferer``) set up for one request.
-
-    A shallow copy: it shares the networks, the tokenizer, the prompt-embedding cache and the compiled or
-    DeepCache UNet of ``sampler`` (a compile happens once per app, not once per request), with its own
-    ``scheduler`` (schedulers keep per-run state), steps and guidance, and a progress bar for the page.
-    With ``feather_pixels`` it is a ``TextGuidedEditor``, whose state is the sampler's plus that width.
-    Settings are checked before (``scripts.sampling.settings.check_settings``).
-    """
-    variant = copy.copy(sampler)
-    if feather_pixels is not None:
-        variant = TextGuidedEditor.__new__(TextGuidedEditor)
-        variant.__dict__.update(sampler.__dict__)
-        variant.feather_pixels = int(feather_pixels)
-    variant.scheduler = scheduler
-    variant.num_inference_steps = int(num_inference_steps)
-    variant.guidance_scale = float(guidance_scale)
-    variant.progress = True  # the page's progress bar follows the sampler's (gr.Progress(track_tqdm=True))
-    return variant
 
 
 class DicomCopy:
@@ -115,37 +81,12 @@ def dicom_path(output_dir: str, job: dict) -> str:
     return os.path.join(output_dir, DICOM_DIR, job["name"] + ".dcm")
 
 
-def run_jobs(jobs: Sequence[dict], sampler, network, writer: SampleWriter, batch_size: int, device, transform=None):
-    """Run ``jobs`` as the inference config's ``evaluator`` does: a ``SupervisedEvaluator`` over a DataLoader of
-    the jobs (collated by ``collate_jobs``, prepared by ``transform``), ``sampler`` as its inferer, ``writer``
-    as its handler."""
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedEvaluator
-
-    loader = DataLoader(
-        Dataset(list(jobs), transform=transform),
-        batch_size=int(batch_size),
-        shuffle=False,
-        num_workers=0,
-        collate_fn=collate_jobs,
-    )
-    evaluator = SupervisedEvaluator(
-        device=device,
-        val_data_loader=loader,
-        network=network,
-        inferer=sampler,
-        prepare_batch=prepare_job_batch,
-        val_handlers=[writer],
-        decollate=False,
-    )
-    evaluator.run()
-
-
 class AppService:
     """What the app's page asks for, without the page: generate images, edit a radiograph.
 
     Args:
         sampler: the config's ``sampler`` (a ``GuidedLatentSampler`` with the networks loaded).
+        editor: the config's ``editor`` (``configs/edit.json``: a ``TextGuidedEditor`` over ``sampler``).
         network: the config's diffusion UNet.
         noise_schedule: the config's ``noise_schedule`` (a request's scheduler is built over it).
         model_identity: the config's ``model_identity`` (version and weights fingerprints; hashed into names).
@@ -153,7 +94,6 @@ class AppService:
         output_format: the config's; the app writes PNG (and a DICOM copy), so it must be ``png``.
         batch_size: images per UNet call, as on the command line.
         image_size: side of generated and edited images (pixels).
-        feather_pixels: width of the keep region's blend in edits (configs/edit.json's default).
         scale_factor: the config's (checked as on the command line).
         max_images: most images one request may ask for (>= 1).
     """
@@ -161,6 +101,7 @@ class AppService:
     def __init__(
         self,
         sampler: GuidedLatentSampler,
+        editor: TextGuidedEditor,
         network: torch.nn.Module,
         noise_schedule: dict,
         model_identity: dict,
@@ -168,7 +109,6 @@ class AppService:
         output_format: str = "png",
         batch_size: int = 1,
         image_size: int = 512,
-        feather_pixels: int = 8,
         scale_factor: float = 0.3,
         max_images: int = 8,
     ) -> None:
@@ -178,13 +118,13 @@ class AppService:
                 "--output_format at png."
             )
         self.sampler = sampler
+        self.editor = editor
         self.network = network
         self.noise_schedule = dict(noise_schedule)
         self.model_identity = dict(model_identity)
         self.device = device
         self.batch_size = as_int(batch_size, "--batch_size", 1)
         self.image_size = as_int(image_size, "--image_size", 8)
-        self.feather_pixels = as_int(feather_pixels, "--feather_pixels", 0)
         self.scale_factor = scale_factor
         self.max_images = as_int(max_images, "--max_images", 1)
 
@@ -209,15 +149,19 @@ class AppService:
             "scheduler": str(scheduler_name).lower(),
         }
 
-    def _sampler(self, settings: dict, feather_pixels: int | None = None) -> GuidedLatentSampler:
-        scheduler = build_scheduler(settings["scheduler"], **self.noise_schedule)
-        return request_sampler(
-            self.sampler, scheduler, settings["num_inference_steps"], settings["guidance_scale"], feather_pixels
+    def _inferer(self, inferer, request: dict):
+        """``inferer`` (the config's sampler or editor) with the request's scheduler, steps and guidance, and a
+        progress bar the page follows (``gr.Progress(track_tqdm=True)``)."""
+        return inferer.with_settings(
+            scheduler=build_scheduler(request["scheduler"], **self.noise_schedule),
+            num_inference_steps=request["num_inference_steps"],
+            guidance_scale=request["guidance_scale"],
+            progress=True,
         )
 
-    def _image_settings(self, sampler: GuidedLatentSampler, **extra) -> dict:
-        """The image settings of a request's ``sampler``, as ``configs/inference.json``'s ``image_settings``."""
-        return image_settings(sampler, self.model_identity, "png", **extra)
+    def _image_settings(self, inferer, **extra) -> dict:
+        """The image settings of a request's ``inferer``, as ``configs/inference.json``'s ``image_settings``."""
+        return image_settings(inferer, self.model_identity, "png", **extra)
 
     # -- requests ----------------------------------------------------------------------------------
     def generate(
@@ -237,12 +181,12 @@ class AppService:
         ``row`` (its manifest row: file, prompt, seed, steps, guidance, scheduler, ...). Images already in
         ``output_dir`` (same prompt, seed and settings) are not made again.
         """
-        settings = self.check_request(num_images, num_inference_steps, guidance_scale, scheduler_name)
-        sampler = self._sampler(settings)
-        rows = prompt_rows(prompt, negative_prompt, None, seed, settings["num_images"])
-        run_settings = self._image_settings(sampler)
-        jobs = sampling_jobs(rows, run_settings)
-        self._run(jobs, output_dir, sampler, run_settings, AppSampleWriter, MANIFEST_COLUMNS)
+        request = self.check_request(num_images, num_inference_steps, guidance_scale, scheduler_name)
+        sampler = self._inferer(self.sampler, request)
+        rows = prompt_rows(prompt, negative_prompt, None, seed, request["num_images"])
+        settings = self._image_settings(sampler)
+        jobs = sampling_jobs(rows, settings)
+        self._run(jobs, output_dir, sampler, settings, AppSampleWriter, MANIFEST_COLUMNS)
         return self._results(jobs, output_dir)
 
     def edit(
@@ -264,10 +208,10 @@ class AppService:
         ``edit_mask`` / ``keep_mask``: mask files (white = inside) or None. Returns ``image``, ``dicom``,
         ``row`` as ``generate`` does, plus ``comparison`` and ``difference`` (paths of the figures).
         """
-        settings = self.check_request(1, num_inference_steps, guidance_scale, scheduler_name)
-        check_edit_settings(strength, self.feather_pixels)
-        sampler = self._sampler(settings, feather_pixels=self.feather_pixels)
-        run_settings = self._image_settings(sampler, image_size=self.image_size)
+        request = self.check_request(1, num_inference_steps, guidance_scale, scheduler_name)
+        check_edit_settings(strength, self.editor.feather_pixels)
+        editor = self._inferer(self.editor, request)
+        settings = self._image_settings(editor, image_size=self.image_size)
         jobs = edit_jobs(
             edit_rows(image=image),
             prompt=prompt,
@@ -276,25 +220,28 @@ class AppService:
             keep_mask=keep_mask,
             strength=strength,
             seed=seed,
-            settings=run_settings,
+            settings=settings,
         )
         check_edit_inputs(jobs, self.image_size)
         transform = LoadEditInputs(self.image_size)
-        self._run(jobs, output_dir, sampler, run_settings, AppEditWriter, EDIT_MANIFEST_COLUMNS, transform)
+        self._run(jobs, output_dir, editor, settings, AppEditWriter, EDIT_MANIFEST_COLUMNS, transform)
         (result,) = self._results(jobs, output_dir)
         job = jobs[0]
         result["comparison"] = os.path.join(output_dir, job["comparison_file"])
         result["difference"] = os.path.join(output_dir, job["difference_file"])
         return result
 
-    def _run(self, jobs, output_dir, sampler, run_settings, writer_class, columns, transform=None) -> None:
+    def _run(self, jobs, output_dir, inferer, settings, writer_class, columns, transform=None) -> None:
+        """Make the ``jobs`` (named with the image ``settings``) whose image or DICOM copy is not in ``output_dir``
+        yet, then write the manifest."""
+        settings = manifest_settings(settings, inferer, self.batch_size)
         missing_copy = [job for job in jobs if not os.path.isfile(dicom_path(output_dir, job))]
         names = {job["name"] for job in pending_jobs(jobs, output_dir, 0, 1) + missing_copy}
         pending = [job for job in jobs if job["name"] in names]
         if pending:
-            writer = writer_class(output_dir, "png", jobs, run_settings)
-            run_jobs(pending, sampler, self.network, writer, self.batch_size, self.device, transform)
-        finalize_manifest(jobs, output_dir, columns, run_settings)
+            writer = writer_class(output_dir, "png", jobs, settings)
+            run_jobs(pending, self.network, inferer, writer, self.batch_size, self.device, transform)
+        finalize_manifest(jobs, output_dir, columns, settings)
 
     @staticmethod
     def _results(jobs, output_dir) -> list[dict]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.inferers import Inferer
 
 from scripts.networks.schedulers import noise_to_step
 from scripts.sampling.sampler import GuidedLatentSampler, initial_latents
@@ -48,36 +49,48 @@ def feathered_weight(region: torch.Tensor, feather_pixels: int) -> torch.Tensor:
     return total / (int(feather_pixels) + 1)
 
 
-class TextGuidedEditor(GuidedLatentSampler):
-    """Image-to-image, masked inpainting and two-mask editing on the guided sampler (see the module docstring).
+class TextGuidedEditor(Inferer):
+    """Image-to-image, masked inpainting and two-mask editing with a guided sampler (see the module docstring).
+
+    The inferer of ``configs/edit.json``, beside the config's ``sampler``: it runs that sampler's denoising loop,
+    scheduler, precision and decoder (and shares its prompt-embedding cache and compiled UNet).
 
     Args:
+        sampler: the ``GuidedLatentSampler`` whose model, scheduler, steps, guidance and speed settings it uses.
         feather_pixels: width in pixels of the blend from the keep region (copied from the input) to the
             edited image; 0 is a hard edge.
-        *args, **kwargs: those of ``GuidedLatentSampler`` (the same model, scheduler and speed settings).
     """
 
-    def __init__(self, *args, feather_pixels: int = 8, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, sampler: GuidedLatentSampler, feather_pixels: int = 8) -> None:
+        super().__init__()
         if int(feather_pixels) < 0:
             raise ValueError(f"feather_pixels must be >= 0, got {feather_pixels}.")
+        self.sampler = sampler
         self.feather_pixels = int(feather_pixels)
 
     def identity(self) -> dict:
-        """The guided sampler's identity and the feather width, which changes the pixels near a keep region."""
-        return {**super().identity(), "feather_pixels": self.feather_pixels}
+        """The sampler's identity and the feather width, which changes the pixels near a keep region."""
+        return {**self.sampler.identity(), "feather_pixels": self.feather_pixels}
+
+    def speed_switches(self) -> dict:
+        """The sampler's rounding-only switches (``GuidedLatentSampler.speed_switches``)."""
+        return self.sampler.speed_switches()
+
+    def with_settings(self, **settings) -> TextGuidedEditor:
+        """This editor over ``sampler.with_settings(**settings)`` (another scheduler, steps, guidance or progress)."""
+        return TextGuidedEditor(self.sampler.with_settings(**settings), self.feather_pixels)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Clean latents (B, *latent_shape) of images (B, 1, H, W) in [0, 1]: the posterior mean × scale_factor.
 
         The encoder runs in float32, like the decoder.
         """
-        z_mu, _ = self.autoencoder.encode(images.float())
-        latents = z_mu.float() * self.scale_factor
-        if tuple(latents.shape[1:]) != self.latent_shape:
+        z_mu, _ = self.sampler.autoencoder.encode(images.float())
+        latents = z_mu.float() * self.sampler.scale_factor
+        if tuple(latents.shape[1:]) != self.sampler.latent_shape:
             raise ValueError(
                 f"{tuple(images.shape[-2:])} images encode to latents {tuple(latents.shape[1:])}, but latent_shape "
-                f"is {self.latent_shape}: set --image_size to match --latent_shape."
+                f"is {self.sampler.latent_shape}: set --image_size to match --latent_shape."
             )
         return latents
 
@@ -87,7 +100,7 @@ class TextGuidedEditor(GuidedLatentSampler):
         editable = (edit_region > 0.5) & (keep_region <= 0.5)
         if bool(editable.all()):
             return None
-        height, width = self.latent_shape[-2:]
+        height, width = self.sampler.latent_shape[-2:]
         return F.adaptive_max_pool2d(editable.float(), (height, width))
 
     def edit_latents(
@@ -106,15 +119,15 @@ class TextGuidedEditor(GuidedLatentSampler):
         ``clean`` and ``noise``: z0 and ε (B, *latent_shape); ``region``: where latents may change
         (B, 1, h, w; None: everywhere).
         """
-        self.scheduler.set_timesteps(self.num_inference_steps, device=clean.device)
-        start = self.num_inference_steps - int(steps)
-        latents = noise_to_step(self.scheduler, clean, noise, start)
+        self.sampler.scheduler.set_timesteps(self.sampler.num_inference_steps, device=clean.device)
+        start = self.sampler.num_inference_steps - int(steps)
+        latents = noise_to_step(self.sampler.scheduler, clean, noise, start)
 
         def restore_known(index: int, latents: torch.Tensor) -> torch.Tensor:
-            known = noise_to_step(self.scheduler, clean, noise, index)
+            known = noise_to_step(self.sampler.scheduler, clean, noise, index)
             return torch.where(region > 0.5, latents.float(), known)
 
-        return self.denoise(
+        return self.sampler.denoise(
             unet,
             latents,
             context,
@@ -136,7 +149,7 @@ class TextGuidedEditor(GuidedLatentSampler):
         prompts = [str(p) for p in inputs["prompt"]]
         negatives = [str(p) for p in inputs["negative_prompt"]]
         seeds = [int(s) for s in inputs["seed"]]
-        steps = [denoising_steps(s, self.num_inference_steps) for s in inputs["strength"]]
+        steps = [denoising_steps(s, self.sampler.num_inference_steps) for s in inputs["strength"]]
         device = next(network.parameters()).device
         images = torch.as_tensor(inputs["input_image"]).float().to(device)
         edit_region = torch.as_tensor(inputs["edit_region"]).float().to(device)
@@ -149,14 +162,14 @@ class TextGuidedEditor(GuidedLatentSampler):
                 rows = [i for i, s in enumerate(steps) if s == count]
                 index = torch.tensor(rows, device=device)
                 group_seeds = [seeds[i] for i in rows]
-                context, uncond_context = self.contexts(
+                context, uncond_context = self.sampler.contexts(
                     [prompts[i] for i in rows], [negatives[i] for i in rows], device
                 )
                 clean = self.encode_images(images[index])
-                noise = initial_latents(group_seeds, self.latent_shape).to(device)
+                noise = initial_latents(group_seeds, self.sampler.latent_shape).to(device)
                 region = self.latent_region(edit_region[index], keep_region[index])
                 latents = self.edit_latents(network, clean, noise, context, uncond_context, group_seeds, count, region)
-                self.check_finite(latents, [prompts[i] for i in rows], group_seeds)
-                edited[index] = self.decode(latents)
+                self.sampler.check_finite(latents, [prompts[i] for i in rows], group_seeds)
+                edited[index] = self.sampler.decode(latents)
             weight = feathered_weight(keep_region, self.feather_pixels)
             return weight * images + (1.0 - weight) * edited

@@ -7,10 +7,12 @@ AMX) ~2.4x faster; with neither, bf16 is emulated and slower than float32. So ``
 - bfloat16 on a CUDA GPU that supports it, and on a CPU with AMX bf16 (certain: nothing is measured);
 - on any other CPU, what a short probe measures (``measure_bf16_against_float32``: a residual block and a
   self + cross-attention block at the full-size UNet's widths, batch 2, a few seconds):
-  bfloat16 only when its time is at most ``BF16_MAX_TIME_RATIO`` of float32's, else float32.
-  The probe's result is cached per machine (CPU model, core count, torch threads, torch version) in
+  bfloat16 only when its time is at most ``BF16_MAX_TIME_RATIO`` of float32's, else float32. A ratio close to
+  that margin is measured again (up to ``PROBE_ROUNDS`` rounds, the fastest call of each precision counting),
+  and the decision is then cached per machine (CPU model, core count, torch threads, torch version) in
   ``$XDG_CACHE_HOME/cxr-ldm/precision_probe.json`` (``~/.cache`` without ``XDG_CACHE_HOME``; the
-  environment variable ``PRECISION_PROBE_CACHE_ENV`` names another file), so a machine measures once;
+  environment variable ``PRECISION_PROBE_CACHE_ENV`` names another file): a machine decides once, so one
+  command names the same images on every run (the precision is part of an image's identity);
 - float32 on other devices.
 
 An explicit ``float32``, ``bfloat16`` or ``float16`` is kept and never probes.
@@ -42,11 +44,13 @@ PRECISION_SPELLINGS = {"none": "float32", "fp32": "float32", "bf16": "bfloat16",
 #: "auto" picks bfloat16 on a probed CPU only when the probe's bf16 time is at most this fraction of its float32
 #: time: bf16 moves images a little (docs/performance.md), so it must be clearly faster, not faster by noise.
 BF16_MAX_TIME_RATIO = 0.8
-#: A probe is cached only when its ratio is conclusive: at most the first or at least the second value. In
-#: between, other work on the cores can tip the decision (a busy machine pushes the ratio towards 1), so
-#: the choice is made for this run and the next run measures again. (Seen here: a ratio of 1.13 measured while
-#: another process loaded the cores, on a CPU whose quiet ratio is 0.45; emulated bf16 is far slower.)
+#: A ratio is conclusive at most the first or at least the second value. In between, other work on the cores can
+#: tip the decision (a busy machine pushes the ratio towards 1: seen here, 1.13 measured while another process
+#: loaded the cores, on a CPU whose quiet ratio is 0.45; emulated bf16 is far slower), so the probe measures
+#: again, up to ``PROBE_ROUNDS`` rounds in all: load only ever slows a call, so the fastest call of each
+#: precision over the rounds approaches the quiet cores' time. Whatever the rounds give is cached.
 CONCLUSIVE_RATIOS = (0.65, 1.5)
+PROBE_ROUNDS = 4
 #: Environment variable naming the probe's cache file (tests point it at a temporary folder).
 PRECISION_PROBE_CACHE_ENV = "CXR_LDM_PRECISION_PROBE_CACHE"
 #: The probe's work: widths of the full-size UNet's second level (configs/inference.json ``network_def``:
@@ -223,9 +227,9 @@ def _probe_lock(path: Path):
 
 
 def cpu_probe() -> dict:
-    """The probe's record for this machine: from the cache when it holds a valid one, else measured now and
-    cached. Keys: ``machine_fields()``'s, ``float32_ms``, ``bfloat16_ms``, ``measured``, ``cached`` and
-    ``cache_file``."""
+    """The probe's record for this machine: from the cache when it holds a valid one, else measured now
+    (``measure_rounds``) and cached. Keys: ``machine_fields()``'s, ``float32_ms``, ``bfloat16_ms``, ``rounds``,
+    ``measured``, ``cached`` and ``cache_file``."""
     path, fields = probe_cache_path(), machine_fields()
     key = machine_key(fields)
     entry = read_probe_cache(path).get(key)
@@ -235,13 +239,7 @@ def cpu_probe() -> dict:
         entry = read_probe_cache(path).get(key)  # another process may have measured while this one waited
         if _valid_entry(entry, fields):
             return {**entry, "cached": True, "cache_file": str(path)}
-        entry = {
-            **fields,
-            **measure_bf16_against_float32(),
-            "measured": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        if not conclusive(entry["float32_ms"], entry["bfloat16_ms"]):
-            return {**entry, "cached": False, "cache_file": None}
+        entry = {**fields, **measure_rounds(), "measured": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
             write_probe_entry(path, key, entry)
         except OSError as error:
@@ -249,8 +247,20 @@ def cpu_probe() -> dict:
     return {**entry, "cached": False, "cache_file": str(path)}
 
 
+def measure_rounds(max_rounds: int = PROBE_ROUNDS) -> dict:
+    """``measure_bf16_against_float32`` once, and again while the ratio is not ``conclusive`` (at most
+    ``max_rounds`` rounds): the fastest time of each precision over the rounds, and ``rounds``, how many ran."""
+    timings = measure_bf16_against_float32()
+    rounds = 1
+    while rounds < max_rounds and not conclusive(timings["float32_ms"], timings["bfloat16_ms"]):
+        again = measure_bf16_against_float32()
+        timings = {name: min(timings[name], again[name]) for name in timings}
+        rounds += 1
+    return {**timings, "rounds": rounds}
+
+
 def conclusive(float32_ms: float, bfloat16_ms: float) -> bool:
-    """Whether a probe's ratio is far enough from the margin to be cached (``CONCLUSIVE_RATIOS``)."""
+    """Whether a probe's ratio is far enough from the margin for one round to decide (``CONCLUSIVE_RATIOS``)."""
     ratio = bfloat16_ms / float32_ms
     return ratio <= CONCLUSIVE_RATIOS[0] or ratio >= CONCLUSIVE_RATIOS[1]
 
@@ -300,10 +310,9 @@ def choose_precision(autocast_dtype: str | None, device: str | torch.device) -> 
         ratio = record["bfloat16_ms"] / record["float32_ms"]
         probe = {**record, "ratio": ratio, "max_ratio": BF16_MAX_TIME_RATIO}
         precision = "bfloat16" if bf16_pays(record["float32_ms"], record["bfloat16_ms"]) else "float32"
-        if record["cache_file"] is None:
-            source = "measured now, not cached (close to the margin: measured again next run)"
-        else:
-            source = f"{'cached in' if record['cached'] else 'measured now, cached in'} {record['cache_file']}"
+        source = f"{'cached in' if record['cached'] else 'measured now, cached in'} {record['cache_file']}"
+        if record.get("rounds", 1) > 1:
+            source += f" after {record['rounds']} rounds (close to the margin; delete the file to measure again)"
         reason = (
             f"CPU probe {source}: float32 {record['float32_ms']:.0f} ms, bfloat16 "
             f"{record['bfloat16_ms']:.0f} ms, ratio {ratio:.2f} {'<=' if precision == 'bfloat16' else '>'} "

@@ -2,12 +2,14 @@
 
 A job is a dict ``{"prompt", "negative_prompt", "seed", "name"}``: what differs between the images of a
 run. ``name`` is the file stem of the image (without extension): ``<index>_<prompt-slug>_seed<seed>_<hash>``,
-where the hash covers everything that decides the pixels: prompt, negative prompt, seed, and the config's
-``image_settings`` (the sampler's identity: steps, guidance, scheduler, null prompt, scale factor, precision
-switches; the model's: fingerprints of the weights files; the output format). Equal values spelled
-differently (``7`` and ``7.0``) hash alike.
-The same command therefore gives the same names (so a re-run skips images already written), and names
-never collide, within a run or across runs with other settings.
+where the hash covers everything that decides the pixels beyond float rounding: prompt, negative prompt, seed,
+and the config's ``image_settings`` (the sampler's identity: steps, guidance, scheduler, null prompt, scale
+factor, latent shape, precision, guidance and cache intervals; the model's: version and fingerprints of the
+weights files; the output format). Equal values spelled differently (``7`` and ``7.0``) hash alike.
+Switches that change only float rounding (compile, channels-last, batched guidance, batch size) are not in the
+name: they are written to the manifest (``manifest_settings``). The same command therefore gives the same names
+on every run (so a re-run skips images already written, also with another batch size or image count), and
+names never collide, within a run or across runs with other settings.
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ def image_settings(sampler, model_identity: Mapping, output_format: str, **extra
     """Everything besides prompt and seed that decides an image: ``sampler.identity()``, the model's identity
     (version, weights fingerprints...), the output format, and ``extra`` (editing's image size)."""
     return {**sampler.identity(), **model_identity, "output_format": output_format, **extra}
+
+
+def manifest_settings(image_settings: Mapping, sampler, batch_size: int) -> dict:
+    """The manifest's shared columns: ``image_settings`` plus what only changes float rounding, the sampler's
+    ``speed_switches()`` and the ``batch_size`` (images per UNet call)."""
+    return {**image_settings, **sampler.speed_switches(), "batch_size": int(batch_size)}
 
 
 def sampling_jobs(rows: Sequence[dict], settings: Mapping | None = None) -> list[dict]:

@@ -9,6 +9,7 @@ progress bar, decode, and clip to [0, 1].
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -29,6 +30,13 @@ def number_as_given(value) -> int | float:
     """``value`` as a Python number, an int staying an int: the sampler's identity (the manifest) then records
     ``--guidance_scale 7`` as 7 and the default 7.0 as 7.0, while image names hash both alike."""
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else float(value)
+
+
+def checked_steps(num_inference_steps) -> int:
+    """``num_inference_steps`` as an int >= 1 (a one-line ``ValueError`` otherwise)."""
+    if int(num_inference_steps) < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+    return int(num_inference_steps)
 
 
 def initial_latents(seeds: Sequence[int], latent_shape: Sequence[int]) -> torch.Tensor:
@@ -111,8 +119,6 @@ class GuidedLatentSampler(Inferer):
         cache_interval: int = 1,
     ) -> None:
         super().__init__()
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         try:
             self.precision = precision_name(autocast_dtype)
         except ValueError as error:
@@ -121,7 +127,7 @@ class GuidedLatentSampler(Inferer):
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
         self.scheduler = scheduler
-        self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = checked_steps(num_inference_steps)
         self.guidance_scale = number_as_given(guidance_scale)
         self.scale_factor = number_as_given(scale_factor)
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -148,12 +154,16 @@ class GuidedLatentSampler(Inferer):
         if self.channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
 
-    def identity(self) -> dict:
-        """The settings that decide this sampler's images besides prompt, seed and the model: what names and
-        fingerprints an image (``scripts.sampling.jobs.image_settings``) and fills the manifest's columns.
+    #: settings that change an image only by float rounding: in the manifest (``speed_switches``), not in its name
+    SPEED_SWITCHES = ("batched_guidance", "channels_last", "compile")
 
-        Read from the sampler's state, so a copy with another scheduler, step count or guidance (the app's
-        requests) identifies itself.
+    def identity(self) -> dict:
+        """The settings that decide this sampler's images beyond float rounding, besides prompt, seed and the
+        model: what names and fingerprints an image (``scripts.sampling.jobs.image_settings``) and fills the
+        manifest's columns. The ``SPEED_SWITCHES`` are left out (``speed_switches``).
+
+        Read from the sampler's state, so a copy with another scheduler, step count or guidance
+        (``with_settings``) identifies itself.
         """
         return {
             "num_inference_steps": self.num_inference_steps,
@@ -162,13 +172,39 @@ class GuidedLatentSampler(Inferer):
             "null_prompt": self.null_prompt,
             "scale_factor": self.scale_factor,
             "latent_shape": list(self.latent_shape),
-            "batched_guidance": self.batched_guidance,
             "autocast_dtype": self.precision,
             "guidance_interval": self.guidance_interval,
             "cache_interval": self.cache_interval,
-            "channels_last": self.channels_last,
-            "compile": self.compile,
         }
+
+    def speed_switches(self) -> dict:
+        """The ``SPEED_SWITCHES`` of this sampler: how it runs, which moves pixels by float rounding only (at most
+        one 8-bit grey level on a few pixels), so an image keeps its name whichever are on."""
+        return {name: getattr(self, name) for name in self.SPEED_SWITCHES}
+
+    def with_settings(
+        self,
+        scheduler=None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        progress: bool | None = None,
+    ):
+        """A copy of this sampler with another ``scheduler``, step count, guidance or progress bar (None keeps
+        this one's); the app makes one per request.
+
+        The copy shares the networks, the tokenizer, the prompt-embedding cache and the compiled or DeepCache
+        UNet (a compile happens once, not once per copy); give it its own scheduler, which keeps per-run state.
+        """
+        variant = copy.copy(self)
+        if scheduler is not None:
+            variant.scheduler = scheduler
+        if num_inference_steps is not None:
+            variant.num_inference_steps = checked_steps(num_inference_steps)
+        if guidance_scale is not None:
+            variant.guidance_scale = number_as_given(guidance_scale)
+        if progress is not None:
+            variant.progress = bool(progress)
+        return variant
 
     # -- pieces -------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:

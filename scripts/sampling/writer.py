@@ -4,7 +4,8 @@ Each image goes to ``<output_dir>/<name>.<png|jpg|pt|dcm>`` through a temporary 
 complete, so an interrupted run never leaves a half-written image under a final name. ``OUTPUT_FORMATS`` maps
 each format name to its extension, writer function and options: a new format is one function and one entry.
 ``manifest.csv`` lists one row per image (file, prompt, negative prompt, seed, steps, guidance, scheduler, model
-version, null prompt, scale factor, and the fingerprints of the weights). Under ``torchrun`` every rank writes its
+version, null prompt, precision, scale factor, the fingerprints of the weights, and the speed switches that change
+only float rounding: compile, channels-last, batched guidance and batch size). Under ``torchrun`` every rank writes its
 own ``manifest.rank<r>.csv`` and rank 0 merges them into ``manifest.csv`` at the end (``finalize_manifest``).
 Whatever happened to a run, the merge also adds rows for finished images missing from every manifest, so
 the manifest always matches the images.
@@ -39,11 +40,14 @@ MANIFEST_COLUMNS = (
     "autocast_dtype",
     "guidance_interval",
     "cache_interval",
-    "compile",
     "scale_factor",
     "autoencoder_weights",
     "diffusion_weights",
     "text_encoder",
+    "compile",
+    "channels_last",
+    "batched_guidance",
+    "batch_size",
 )
 
 

@@ -28,7 +28,8 @@ from helpers.data import write_dx
 from helpers.editing import run_edit, write_image, write_mask
 from scripts.editing.inputs import load_edit_image
 
-APP_CONFIG = str(BUNDLE_ROOT / "configs" / "app.json")
+#: the app is an overlay of inference and edit
+APP_CONFIGS = (str(BUNDLE_ROOT / "configs" / "edit.json"), str(BUNDLE_ROOT / "configs" / "app.json"))
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = BUNDLE_ROOT / "docs" / "images" / "app.png"
 SIZE = 64  # the tiny overlay's image_size
@@ -67,7 +68,7 @@ def app(tiny_model_dir, tmp_path_factory):
         "text_encoder_source": str(tiny_model_dir / "text_encoder"),
         "port": port,
     }
-    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, APP_CONFIG], overrides)
+    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, *APP_CONFIGS], overrides)
     log = open(temporary / "app.log", "w+")  # noqa: SIM115 (read back when the app fails to start)
     # as many threads as this process, whose in-process command-line runs are the reference: float results
     # then agree to the bit

@@ -13,11 +13,10 @@ from monai.transforms import Compose, LoadImaged, RandAffined, RandFlipd
 from monai.utils import set_determinism
 from PIL import Image
 
-from helpers.bundle import BUNDLE_ROOT, tiny_parser
+from helpers.bundle import stage_parser
 from scripts.data.transforms import RandNullPromptd, RandSentenceSubsetd, Tokenized
 from scripts.networks.text import null_prompt_ids, tokenize
 
-DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 SENTENCES = [f"Sentence number {i}." for i in range(8)]
 
 
@@ -55,7 +54,7 @@ def test_invalid_arguments_are_named():
 
 @pytest.mark.parametrize("style", ["empty_prompt", "bos_eos"])
 def test_config_chain_null_prompt_rate_and_identity(tokenizer, style):
-    parser = tiny_parser(DATA_CONFIG, null_prompt=style, null_prompt_prob=0.1)
+    parser = stage_parser("diffusion", null_prompt=style, null_prompt_prob=0.1)
     chain = _chain(parser, "text_transforms")
     chain.set_random_state(1)
     null = null_prompt_ids(tokenizer, style)
@@ -79,7 +78,7 @@ def test_config_chain_null_prompt_rate_and_identity(tokenizer, style):
 
 
 def test_text_chain_is_deterministic_under_set_determinism(tokenizer):
-    parser = tiny_parser(DATA_CONFIG, null_prompt_prob=0.3)
+    parser = stage_parser("diffusion", null_prompt_prob=0.3)
     item = {"sentences": SENTENCES}
 
     def draws(seed):
@@ -115,7 +114,7 @@ def _quadrant_means(image: torch.Tensor) -> dict[str, float]:
 def test_orientation_is_kept_through_load_transforms_and_saving(tmp_path):
     path = tmp_path / "marker.png"
     pixels = _marker_image(path)
-    load = _chain(tiny_parser(DATA_CONFIG), "load_image_transforms")  # image_size 64
+    load = _chain(stage_parser("diffusion"), "load_image_transforms")  # image_size 64
     image = load({"image": str(path)})["image"]
     assert image.shape == (1, 64, 64) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
@@ -136,7 +135,7 @@ def test_orientation_is_kept_through_load_transforms_and_saving(tmp_path):
 
 
 def test_augmentations_match_the_recipe(tmp_path):
-    parser = tiny_parser(DATA_CONFIG)
+    parser = stage_parser("diffusion")
     autoencoder = parser.get_parsed_content("autoencoder_augmentations")
     diffusion = parser.get_parsed_content("diffusion_augmentations")
     assert not any(isinstance(t, RandFlipd) for t in diffusion)  # left/right is in the text
@@ -169,7 +168,7 @@ def test_augmentations_match_the_recipe(tmp_path):
 
 
 def test_training_chain_batches_prepared_data(prepared_synthetic_dir):
-    parser = tiny_parser(DATA_CONFIG, dataset_dir=str(prepared_synthetic_dir))
+    parser = stage_parser("diffusion", dataset_dir=str(prepared_synthetic_dir))
     datalist = load_decathlon_datalist(
         parser.get_parsed_content("datalist_file"), data_list_key="training", base_dir=str(prepared_synthetic_dir)
     )

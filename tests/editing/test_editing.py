@@ -16,12 +16,12 @@ from PIL import Image
 from helpers.bundle import (
     CONFIGS,
     INFERENCE_CONFIGS,
-    MODEL_CONFIG,
     TINY_OVERLAYS,
     bundle_run_command,
     cli_env,
     load_parser,
     run_inference,
+    stage_parser,
     tiny_run_settings,
 )
 from helpers.editing import EDIT_CONFIG, run_edit, write_image, write_mask
@@ -57,15 +57,15 @@ def inputs(tmp_path) -> dict:
 
 
 def test_preparation_is_training_preparation(tmp_path):
-    """An input image is prepared exactly as a training image: scripts.data.prepare's resize, then data.json's
-    loading."""
+    """An input image is prepared exactly as a training image: scripts.data.prepare's resize, then the training
+    configs' loading."""
     from scripts.data.prepare import resize_image
 
     for name, size in (("tall.png", (80, 96)), ("wide.png", (120, 70)), ("square.png", (64, 64))):
         source = write_image(tmp_path / name, seed=3, size=size)
         prepared = tmp_path / f"prepared_{name}"
         assert resize_image(str(source), str(prepared), SIZE, 95) == (str(prepared), "")
-        parser = load_parser([MODEL_CONFIG, str(CONFIGS / "data.json"), *TINY_OVERLAYS])
+        parser = stage_parser("autoencoder")
         from monai.transforms import Compose
 
         training = Compose(parser.get_parsed_content("load_image_transforms"))({"image": str(prepared)})["image"]
@@ -165,7 +165,7 @@ def test_latents_outside_the_edit_region_end_as_the_inputs(tiny_model_dir, input
         clean = editor.encode_images(regions["input_image"][None])
         region = editor.latent_region(regions["edit_region"][None], regions["keep_region"][None])
         assert region is not None and 0 < region.mean() < 1
-        context, uncond = editor.contexts(["left pleural effusion"], [""], torch.device("cpu"))
+        context, uncond = editor.sampler.contexts(["left pleural effusion"], [""], torch.device("cpu"))
         noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
         latents = editor.edit_latents(network, clean, noise, context, uncond, [0], steps=3, region=region)
     outside = (region <= 0.5).expand_as(latents)
@@ -208,7 +208,7 @@ def test_auto_compile_counts_the_edits_of_the_run(min_images, compiled, tiny_mod
     parser = tiny_parser(EDIT_CONFIG, **settings, autocast_dtype="auto", compile_min_images=min_images)
     assert parser.get_parsed_content("num_images") == 8
     assert parser.get_parsed_content("compiled") is compiled
-    assert parser.get_parsed_content("image_settings")["compile"] is compiled
+    assert parser.get_parsed_content("manifest_settings")["compile"] is compiled
 
 
 def test_edits_file_writes_every_edit_once_and_resumes(tiny_model_dir, tmp_path, inputs):

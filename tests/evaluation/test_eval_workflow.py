@@ -12,7 +12,6 @@ from helpers.bundle import BUNDLE_ROOT, run_inference
 from helpers.data import make_prepared_synthetic
 from helpers.evaluation import write_chexpert_labels, write_tiny_raddino
 
-DATA_CONFIG = str(BUNDLE_ROOT / "configs" / "data.json")
 EVALUATE_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate.json")
 RECONSTRUCTION_CONFIG = str(BUNDLE_ROOT / "configs" / "evaluate_reconstruction.json")
 
@@ -30,9 +29,9 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 def _evaluate(configs: list[str], model_dir, dataset_dir, evaluation_dir, samples_dir, **overrides) -> None:
-    """Evaluation configs merged over inference.json and data.json, with the tiny weights."""
+    """Evaluation configs merged over inference.json, with the tiny weights."""
     settings = {"dataset_dir": str(dataset_dir), "evaluation_dir": str(evaluation_dir), **SMALL_MS_SSIM, **overrides}
-    run_inference(model_dir, samples_dir, DATA_CONFIG, *configs, **settings)
+    run_inference(model_dir, samples_dir, *configs, **settings)
 
 
 def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset_dir, tmp_path):

@@ -12,12 +12,13 @@ from scripts.common.configs import (  # noqa: F401  (re-exported for the tests)
     CONFIGS,
     INFERENCE_CONFIG,
     INFERENCE_CONFIGS,
-    MODEL_CONFIG,
+    STAGES,
     TINY_CONFIGS,
     TINY_OVERLAYS,
     TOKENIZER_DIR,
     load_parser,
     tiny_parser,
+    tiny_training_overlay,
     training_configs,
 )
 
@@ -63,13 +64,9 @@ def read_png(path):
 
 
 def stage_configs(stage: str, multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
-    """Config files of a tiny training ``stage`` ("autoencoder" or "diffusion") run, in merge order."""
-    files = [
-        *training_configs(stage),
-        *TINY_OVERLAYS,
-        str(TINY_CONFIGS / "train.json"),
-        str(TINY_CONFIGS / f"train_{stage}.json"),
-    ]
+    """Config files of a tiny training ``stage`` ("autoencoder" or "diffusion") run, in merge order: the stage's
+    config, its tiny overlay (then multi_gpu_train.json, then ``extra``)."""
+    files = [*training_configs(stage), tiny_training_overlay(stage)]
     if multi_gpu:
         files.append(str(CONFIGS / "multi_gpu_train.json"))
     return files + [str(f) for f in extra]
@@ -81,10 +78,9 @@ def stage_parser(stage: str, **overrides):
 
 
 def distill_configs(multi_gpu: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
-    """Config files of a tiny distillation run: the diffusion stage, ``distill.json``, then the tiny overlays."""
-    files = stage_configs("diffusion")
-    files.insert(files.index(str(CONFIGS / "train_diffusion.json")) + 1, str(CONFIGS / "distill.json"))
-    files.append(str(TINY_CONFIGS / "distill.json"))
+    """Config files of a tiny distillation run: train_diffusion.json, distill.json, the tiny distillation overlay
+    (then multi_gpu_train.json, then ``extra``)."""
+    files = training_configs("diffusion", str(CONFIGS / "distill.json"), str(TINY_CONFIGS / "distill.json"))
     if multi_gpu:
         files.append(str(CONFIGS / "multi_gpu_train.json"))
     return files + [str(f) for f in extra]
