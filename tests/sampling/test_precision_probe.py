@@ -202,5 +202,3 @@ def test_a_close_probe_is_measured_again_and_then_kept(cache_file, monkeypatch, 
     assert f"after {precision.PROBE_ROUNDS} rounds (close to the margin" in caplog.text and cache_file.exists()
     calls = fake_timings(monkeypatch, 100.0, 45.0)  # later runs, on quiet cores
     assert [precision.resolve_precision("auto", "cpu") for _ in range(2)] == ["float32"] * 2 and calls == []
-
-
