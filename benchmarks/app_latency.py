@@ -49,7 +49,7 @@ def main(weights_dir: str = "models/app_latency", compile: str = "false", device
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = "['configs/model.json','configs/inference.json','configs/app.json']"
+    config = "['configs/inference.json','configs/edit.json','configs/app.json']"
     overrides = {"port": port, "model_dir": weights, "load_old": False, "text_encoder_source": weights / "text_encoder",
                  "compile": compile, "device": device}  # fmt: skip
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config]

@@ -43,10 +43,17 @@ from benchmarks.sampling_benchmark import (
     parity_distances,
     time_recipe,
 )
-from scripts.common.configs import CONFIGS, INFERENCE_CONFIGS, TINY_OVERLAYS, load_parser, training_configs
+from scripts.common.configs import (
+    CONFIGS,
+    INFERENCE_CONFIGS,
+    TINY_OVERLAYS,
+    load_parser,
+    training_configs,
+)
 from scripts.common.files import atomic_write_json
 
-DISTILL_CONFIGS = training_configs("diffusion", str(CONFIGS / "distill.json"))
+#: distillation over stage 2, with the tiny networks (and nothing else of the tiny runs: this recipe is the benchmark's)
+DISTILL_CONFIGS = training_configs("diffusion", str(CONFIGS / "distill.json"), *TINY_OVERLAYS)
 TEACHER_REFERENCE = "ddim-200"
 TEACHER_SAMPLERS = ("ddim-50", "unipc_karras-20")
 STUDENT_STEPS = (2, 4, 8)
@@ -78,7 +85,7 @@ def distil(
         prepare(str(work_dir / "raw"), str(dataset_dir), short_side=64, num_workers=0, progress=False)
     train_dir = work_dir / "student"
     parser = load_parser(
-        [*DISTILL_CONFIGS, *TINY_OVERLAYS],
+        DISTILL_CONFIGS,
         {
             "model_dir": str(model_dir),
             "load_old": False,

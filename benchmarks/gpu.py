@@ -44,19 +44,15 @@ from benchmarks.sampling_benchmark import main as sampling_benchmark
 from scripts.common.configs import (
     BUNDLE_ROOT,
     INFERENCE_CONFIGS,
-    TINY_CONFIGS,
     TINY_OVERLAYS,
     load_parser,
+    tiny_training_overlay,
     training_configs,
 )
 from scripts.networks.precision import resolve_precision
 
 #: Dense bf16 peak of the H100 SXM (the H200 has the same tensor cores), TFLOP/s.
 H100_BF16_TFLOPS = 989.0
-TINY_STAGE_FILES = {
-    "autoencoder": ["train.json", "train_autoencoder.json"],
-    "diffusion": ["train.json", "train_diffusion.json"],
-}
 #: What the JSON holds; the test checks every field is there.
 SAMPLING_FIELDS = ("batch_size", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
 COMPILE_FIELDS = ("mode", "batch_size", "compile_s", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
@@ -198,10 +194,7 @@ def synthetic_training_set(folder: Path, image_size: int, num_images: int, seed:
 
 def stage_config_files(stage: str, tiny: bool) -> list[str]:
     """The config files of a training stage ("autoencoder" or "diffusion"), with the tiny overlays when ``tiny``."""
-    files = [*training_configs(stage), *(TINY_OVERLAYS if tiny else ())]
-    if tiny:
-        files += [str(TINY_CONFIGS / f) for f in TINY_STAGE_FILES[stage]]
-    return files
+    return training_configs(stage, *([tiny_training_overlay(stage)] if tiny else []))
 
 
 def random_diffusion_inputs(tiny: bool, work_dir: Path) -> dict:

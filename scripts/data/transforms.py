@@ -1,6 +1,6 @@
 """Dictionary transforms that MONAI lacks: report sentences → prompt token ids, and grayscale loading help.
 
-Text chain used by the training configs (``configs/data.json`` key ``text_transforms``)::
+Text chain used by the training configs (``configs/train_diffusion.json`` key ``text_transforms``)::
 
     {"sentences": [str, ...]}
       → RandSentenceSubsetd   → "report": 1..max_sentences sentences joined by spaces

@@ -1,6 +1,6 @@
 """Full evaluation of a model: which images to generate, then every metric, a JSON summary and a report.
 
-``configs/evaluate.json`` (merged over ``inference.json`` and ``data.json``) wires it: ``plan.plan_sample_sets``
+``configs/evaluate.json`` (an overlay of ``inference.json``) wires it: ``plan.plan_sample_sets``
 decides the generated sets, ``plan.write_prompts_csv`` turns them into the inference workflow's prompts
 file, the inference workflow writes the images and ``manifest.csv`` into ``samples/``, and ``run_evaluation``
 computes the metrics listed in the config's ``metrics`` section (``scripts.evaluation.sections.METRICS``),

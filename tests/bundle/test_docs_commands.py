@@ -118,6 +118,7 @@ def _check_bundle_run(words: list[str], where: str) -> None:
     files = (
         ast.literal_eval(options["config_file"]) if options["config_file"].startswith("[") else [options["config_file"]]
     )
+    assert len(files) <= 3, f"{where}: {len(files)} config files; a workflow is one config and at most two overlays"
     for name in files:
         assert (BUNDLE_ROOT / name).is_file(), f"{where}: config file {name} does not exist"
     parser = ConfigParser()
@@ -159,10 +160,13 @@ def test_command_check_catches_a_wrong_key_and_option():
         _check_bundle_run(
             shlex.split(
                 "python -m monai.bundle run --config_file "
-                "\"['configs/model.json','configs/inference.json']\" --guidance 3"
+                "\"configs/inference.json\" --guidance 3"
             ),
             "x",
         )
+    with pytest.raises(AssertionError, match="4 config files; a workflow is one config and at most two overlays"):
+        chain = "['configs/train_diffusion.json','configs/distill.json','configs/tiny/distill.json','configs/x.json']"
+        _check_bundle_run(["python", "-m", "monai.bundle", "run", "--config_file", chain], "x")
     with pytest.raises(AssertionError, match="has no option --subjects"):
         _check_python_module("scripts.data.synthetic", ["--subjects", "3"], "x")
     with pytest.raises(AssertionError, match="scripts.data.no_such_command does not exist"):

@@ -34,14 +34,17 @@ def test_metadata_matches_the_inference_config():
     assert meta["version"] in meta["changelog"]
     parser = ConfigParser()
     parser.read_config(list(INFERENCE_CONFIGS))
-    inputs, outputs = meta["network_data_format"]["inputs"], meta["network_data_format"]["outputs"]
+    formats = meta["network_data_format"]
+    inputs, outputs, images = formats["inputs"], formats["outputs"], formats["post_processed_outputs"]
     latent_channels, *latent_size = parser["latent_shape"]
-    assert inputs["latent"]["num_channels"] == latent_channels == parser["network_def"]["in_channels"]
-    assert inputs["latent"]["spatial_shape"] == latent_size
+    # "image" and "pred": the names MONAI's verify_net_in_out reads the network's input and output shapes from
+    assert inputs["image"]["num_channels"] == latent_channels == parser["network_def"]["in_channels"]
+    assert inputs["image"]["spatial_shape"] == latent_size == outputs["pred"]["spatial_shape"]
+    assert outputs["pred"]["num_channels"] == parser["network_def"]["out_channels"]
     assert inputs["context"]["num_channels"] == 77
     assert inputs["context"]["spatial_shape"] == [parser["network_def"]["cross_attention_dim"]]
-    assert outputs["image"]["spatial_shape"] == [parser["image_size"]] * 2
-    assert outputs["image"]["value_range"] == [0, 1] and outputs["image"]["num_channels"] == 1
+    assert images["image"]["spatial_shape"] == [parser["image_size"]] * 2
+    assert images["image"]["value_range"] == [0, 1] and images["image"]["num_channels"] == 1
     # 8x downsampling of the autoencoder (three halvings for four channel levels)
     assert parser["image_size"] // 2 ** (len(parser["autoencoder_def"]["channels"]) - 1) == latent_size[0]
     import monai

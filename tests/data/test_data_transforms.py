@@ -1,4 +1,4 @@
-"""Text transforms (sentence subsets, tokens, null prompt) and the image chain of configs/data.json (orientation)."""
+"""Text transforms (sentence subsets, tokens, null prompt) and the image chain of the training configs (orientation)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,11 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from helpers.bundle import BUNDLE_ROOT, read_png
+from helpers.bundle import BUNDLE_ROOT, read_png, run_inference
 from scripts.distribution import download, pack
 
 
@@ -155,15 +156,19 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
                        "--large_files", str(tmp_path / "large_files.yml")], cwd=bundle)  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
-    for name in ("model", "inference"):
-        shutil.copy(BUNDLE_ROOT / "configs" / "tiny" / f"{name}.json", bundle / f"tiny_{name}.json")
+    shutil.copy(BUNDLE_ROOT / "configs" / "tiny" / "inference.json", bundle / "tiny_inference.json")
 
-    chain = "['configs/model.json','configs/inference.json','tiny_model.json','tiny_inference.json']"
+    chain = "['configs/inference.json','tiny_inference.json']"
     ran = _python(["-m", "monai.bundle", "run", "--config_file", chain,
                    "--load_old", "False"], cwd=bundle)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
     images = sorted((bundle / "output").glob("*.png"))
-    assert len(images) == 1 and read_png(images[0]).shape == (64, 64) and read_png(images[0]).std() > 1.0
+    # the same image as this checkout makes in-process from the same weights (its name and its pixels, to the one
+    # grey level that another thread count may round differently)
+    (reference,) = run_inference(tiny_model_dir, tmp_path / "reference", load_old=False)
+    assert [image.name for image in images] == [reference.name]
+    difference = np.abs(read_png(images[0]).astype(int) - read_png(reference).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
 
 
 def test_github_release_route_finds_the_packed_zip_by_name(http_root, tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Usable by every test module (``from helpers.data import make_prepared_synthetic``)::
 
     dataset_dir = make_prepared_synthetic(tmp_path, num_subjects=20, image_size=64)
-    parser = tiny_parser("configs/data.json", dataset_dir=str(dataset_dir))
+    parser = stage_parser("diffusion", dataset_dir=str(dataset_dir))
 
 or the session-wide fixture ``prepared_synthetic_dir`` (conftest.py), which prepares 20 subjects at 64 px
 once per test session. Nothing is downloaded; 20 subjects take about a second.
