@@ -158,10 +158,7 @@ def test_documented_commands_match_configs_and_entry_points():
 def test_command_check_catches_a_wrong_key_and_option():
     with pytest.raises(AssertionError, match="--guidance is not a key"):
         _check_bundle_run(
-            shlex.split(
-                "python -m monai.bundle run --config_file "
-                "\"configs/inference.json\" --guidance 3"
-            ),
+            shlex.split('python -m monai.bundle run --config_file "configs/inference.json" --guidance 3'),
             "x",
         )
     with pytest.raises(AssertionError, match="4 config files; a workflow is one config and at most two overlays"):

@@ -37,4 +37,3 @@ def test_entry_point_prints_help_and_exits_0(module, monkeypatch, capsys):
     printed = "".join(capsys.readouterr())  # fire writes its help to stderr when not on a terminal
     assert exited.value.code in (0, None), f"python -m {module} --help exited {exited.value.code}: {printed[-2000:]}"
     assert "SYNOPSIS" in printed, f"python -m {module} --help printed no usage: {printed[-2000:]}"
-

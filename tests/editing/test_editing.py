@@ -357,7 +357,8 @@ def test_noise_levels_are_the_schedulers_own(name):
 
 
 def test_two_cpu_ranks_share_an_edits_file(tiny_model_dir, tmp_path, inputs):
-    """Under torchrun each rank edits its share; one merged manifest with the editing columns; no leftovers."""
+    """Under torchrun each rank edits its share; one merged manifest with the editing columns; no leftovers; the
+    edits are the one-process run's (names, and pixels to the grey level float rounding may move)."""
     edits = _edits_csv(tmp_path, inputs)
     out = tmp_path / "out"
     files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS, EDIT_CONFIG, str(CONFIGS / "multi_gpu_inference.json")]
@@ -372,3 +373,7 @@ def test_two_cpu_ranks_share_an_edits_file(tiny_model_dir, tmp_path, inputs):
     assert len(images) == 4 and sorted(r["file"] for r in rows) == images
     assert {r["difference_file"] for r in rows} == {f"difference/{name}" for name in images}
     assert not list(out.glob("manifest.rank*.csv")) and not [p for p in out.rglob("*") if ".partial" in p.name]
+    alone = run_edit(tiny_model_dir, tmp_path / "one_process", edits_file=str(edits), batch_size=2)
+    assert [p.name for p in alone] == images
+    for path in alone:
+        assert np.abs(_read(out / path.name) - _read(path)).max() <= 1, path.name

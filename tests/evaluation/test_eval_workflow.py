@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from helpers.bundle import BUNDLE_ROOT, run_inference
 from helpers.data import make_prepared_synthetic
@@ -34,7 +36,53 @@ def _evaluate(configs: list[str], model_dir, dataset_dir, evaluation_dir, sample
     run_inference(model_dir, samples_dir, *configs, **settings)
 
 
-def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset_dir, tmp_path):
+def _seeded_densenet(monkeypatch):
+    """Make the evaluation's random-weight DenseNet the same network at every load; returns the loader."""
+    import scripts.evaluation.xrv as xrv
+
+    load = xrv.load_densenet
+
+    def seeded(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return load(*args, **kwargs)
+
+    monkeypatch.setattr(xrv, "load_densenet", seeded)
+    return seeded
+
+
+def _independent_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance by the textbook formula with SciPy's matrix square root (not the bundle's code)."""
+    from scipy import linalg
+
+    mean_a, mean_b = features_a.mean(0), features_b.mean(0)
+    cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def _check_fid_against_an_independent_computation(summary, tiny_model_dir, settings, load_densenet, tmp_path):
+    """The summary's torchxrayvision FID of the report-conditioned set against the real test set equals the
+    distance between those very images' features, computed here."""
+    from helpers.bundle import tiny_parser, tiny_run_settings
+    from scripts.evaluation import xrv
+    from scripts.evaluation.context import load_images
+    from scripts.evaluation.plan import set_files
+
+    parser = tiny_parser(EVALUATE_CONFIG, **tiny_run_settings(tiny_model_dir, settings["samples_dir"], **settings))
+    (reports,) = [s for s in parser.get_parsed_content("evaluation_sets") if s["name"] == "reports"]
+    generated = load_images(set_files(reports, settings["samples_dir"]))
+    real = load_images(parser.get_parsed_content("real_items"), parser.get_parsed_content("real_transform"))
+    model = load_densenet("random")
+    with torch.inference_mode():
+        features = [xrv.image_features(model, images, "xrv", role).double().numpy() for images, role in
+                    ((generated, xrv.GENERATED), (real, xrv.REAL))]  # fmt: skip
+    expected = _independent_fid(*features)
+    assert summary["fid"]["reports_vs_real_test/xrv"]["fid"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset_dir, tmp_path, monkeypatch):
+    load_densenet = _seeded_densenet(monkeypatch)
     evaluation_dir = tmp_path / "evaluation"
     num_test = len(json.loads((dataset_dir / "datalist.json").read_text())["test"])
     assert num_test >= 2
@@ -67,6 +115,9 @@ def test_full_evaluation_writes_summary_report_and_grids(tiny_model_dir, dataset
     }
     reports_fid = summary["fid"]["reports_vs_real_test/xrv"]
     assert reports_fid["num_images_a"] == 4 and reports_fid["num_images_b"] == num_test and reports_fid["fid"] > 0
+    settings = {"dataset_dir": str(dataset_dir), "evaluation_dir": str(evaluation_dir), **SMALL_MS_SSIM, **overrides}
+    settings["samples_dir"] = str(evaluation_dir / "samples")
+    _check_fid_against_an_independent_computation(summary, tiny_model_dir, settings, load_densenet, tmp_path)
 
     # fidelity per extractor: FID, KID and PRDC of each generated set
     assert set(summary["fidelity"]) == {
@@ -126,3 +177,23 @@ def test_reconstruction_only_config_skips_the_diffusion_model(tiny_model_dir, da
               diffusion_path=str(tmp_path / "no_unet.pt"), num_reconstruction_images=2)  # fmt: skip
     result = json.loads((evaluation_dir / "reconstruction.json").read_text())
     assert result["num_images"] == 2 and 0 <= result["ms_ssim_mean"] <= 1 and result["psnr_mean"] > 0
+    # the values are those of the two test images through the tiny autoencoder's mean latent, computed here with
+    # MONAI's MS-SSIM and the PSNR formula
+    from monai.metrics import MultiScaleSSIMMetric
+
+    from helpers.bundle import tiny_parser, tiny_run_settings
+
+    parser = tiny_parser(EVALUATE_CONFIG, **tiny_run_settings(tiny_model_dir, "unused", dataset_dir=str(dataset_dir)))
+    items, transform = parser.get_parsed_content("test_items")[:2], parser.get_parsed_content("real_transform")
+    images = torch.stack([transform(dict(item))["image"].as_tensor() for item in items])
+    autoencoder = parser.get_parsed_content("autoencoder")
+    with torch.inference_mode():
+        mean_latent, _ = autoencoder.encode(images)
+        reconstructed = autoencoder.decode(mean_latent).clamp(0, 1)
+    psnr = 10 * torch.log10(1 / ((reconstructed - images) ** 2).mean(dim=(1, 2, 3)))
+    ms_ssim = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=3)(reconstructed, images).flatten()
+    with open(evaluation_dir / "reconstruction.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["psnr"]) for r in rows] == pytest.approx(psnr.tolist(), rel=1e-4)
+    assert [float(r["ms_ssim"]) for r in rows] == pytest.approx(ms_ssim.tolist(), rel=1e-4)
+    assert result["ms_ssim_mean"] == pytest.approx(ms_ssim.mean().item(), rel=1e-4)

@@ -266,7 +266,7 @@ VARIANTS: list[Variant] = [
     Variant("rgb", _G8, bits=8, samples=3, error="is a colour image"),
     Variant("ct", _G12, attributes={"Modality": "CT"}, error="is not a radiograph (Modality CT)"),
     Variant("no_pixel_data", None, error="has no pixel data"),
-    Variant("truncated", _G12, error="", attributes={"_truncate": True}),
+    Variant("truncated", _G12, error="pixel data cannot be decoded", attributes={"_truncate": True}),
 ]
 
 

@@ -12,7 +12,8 @@ from scripts.networks.weights import CheckpointError, load_weights
 
 def _generative_twin(parser, key: str):
     """The same network from the frozen GenerativeModels package (the released checkpoints' classes)."""
-    nets = pytest.importorskip("generative.networks.nets")
+    import generative.networks.nets as nets  # monai-generative is pinned in requirements-dev.txt
+
     config = {k: parser.get_parsed_content(f"{key}#{k}") for k in parser[key] if not k.startswith("_")}
     config["num_channels"] = config.pop("channels")
     config.pop("use_flash_attention", None)

@@ -192,4 +192,9 @@ def test_multi_gpu_overlay_two_ranks_agree(stage, dataset_dir, text_encoder_dir,
     key = next(iter(rank0))
     trained_key = "autoencoder" if stage == "autoencoder" else "network"
     assert torch.equal(checkpoint[trained_key][key], rank0[key]), "rank 0 saved the weights all ranks hold"
+    # equal because the gradients were averaged, not because nothing moved: the second epoch's optimiser steps
+    # changed most tensors (each rank stepping alone on its own half would have moved them apart)
+    first = torch.load(tmp_path / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)[trained_key]
+    moved = [k for k in rank0 if rank0[k].is_floating_point() and not torch.equal(first[k], rank0[k])]
+    assert len(moved) > len(rank0) // 2, f"only {len(moved)} of {len(rank0)} tensors changed in epoch 2"
     assert not (tmp_path / "logs").exists() or len(os.listdir(tmp_path / "logs")) >= 1
