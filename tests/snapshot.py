@@ -8,7 +8,10 @@ them. From the bundle root::
     python -m tests.snapshot --compare before.json after.json
 
 The bundle's version is part of every image's identity (its file name) and of the evaluation summary: across
-a version bump, take the second snapshot with ``--model_version <the first one's version>``.
+a version bump, take the second snapshot with ``--model_version <the first one's version>``. When a change
+renames images on purpose (what an image's identity covers), take both snapshots with ``--names_without_hash``:
+the settings hash of every image name (``..._seed7_<hash>.png``) is then replaced by ``<hash>`` in entry names
+and in every text and JSON output, so the pixels and outputs are still compared name for name.
 
 Each part runs through the command-line config path, with the tests' tiny overlays (``tests/configs``) and
 helpers (``tests/helpers``), on CPU, with fixed seeds:
@@ -33,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -45,6 +49,16 @@ PARTS = ("inference", "editing", "training", "evaluation")
 IMAGE_SUFFIXES = (".png", ".jpg", ".pt", ".dcm")
 #: where the run's folder appears in a text output, it is replaced by this
 WORK_PLACEHOLDER = "<work>"
+#: the settings hash of an image name (``scripts.sampling.jobs.image_name``)
+NAME_HASH = re.compile(r"(_seed-?\d+)_[0-9a-f]{8}\b")
+#: whether image names are recorded without their settings hash (``--names_without_hash``)
+NAMES_WITHOUT_HASH = {"enabled": False}
+
+
+def normalised_text(text: str, work_dir: Path) -> str:
+    """``text`` with the run's folder replaced by ``WORK_PLACEHOLDER`` (and name hashes by ``<hash>``, when asked)."""
+    text = text.replace(str(work_dir), WORK_PLACEHOLDER)
+    return NAME_HASH.sub(r"\1_<hash>", text) if NAMES_WITHOUT_HASH["enabled"] else text
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -96,21 +110,19 @@ def checkpoint_digest(path: Path) -> str:
 
 
 def text_digest(path: Path, work_dir: Path) -> str:
-    """Digest of a text output with the run's folder replaced by ``WORK_PLACEHOLDER``."""
-    return hashlib.sha256(
-        path.read_text(encoding="utf-8").replace(str(work_dir), WORK_PLACEHOLDER).encode()
-    ).hexdigest()
+    """Digest of a text output, ``normalised_text``."""
+    return hashlib.sha256(normalised_text(path.read_text(encoding="utf-8"), work_dir).encode()).hexdigest()
 
 
 def normalised_document(path: Path, work_dir: Path):
-    """A JSON output with the run's folder replaced by ``WORK_PLACEHOLDER`` in every string."""
-    return json.loads(path.read_text(encoding="utf-8").replace(str(work_dir), WORK_PLACEHOLDER))
+    """A JSON output, ``normalised_text`` in every string."""
+    return json.loads(normalised_text(path.read_text(encoding="utf-8"), work_dir))
 
 
 def image_entries(folder: Path, work_dir: Path) -> dict[str, str]:
     """Pixel digests of every image below ``folder``, keyed by their path relative to ``work_dir``."""
     return {
-        str(path.relative_to(work_dir)): image_digest(path)
+        normalised_text(str(path.relative_to(work_dir)), work_dir): image_digest(path)
         for path in sorted(folder.rglob("*"))
         if path.suffix in IMAGE_SUFFIXES and path.is_file()
     }
@@ -233,8 +245,10 @@ def run_evaluation_part(snapshot: Snapshot, model_dir: Path, dataset_dir: Path) 
     settings = {"dataset_dir": str(dataset_dir), **EVALUATION_SETTINGS}
     settings["raddino_source"] = str(write_tiny_raddino(work / "rad-dino"))
     settings["chexpert_labels_file"] = str(write_chexpert_labels(dataset_dir, work / "chexpert.csv.gz"))
-    data, evaluate = str(CONFIGS / "data.json"), str(CONFIGS / "evaluate.json")
-    _seeded_run(run_inference, model_dir, evaluation_dir / "samples", data, evaluate,
+    evaluate = str(CONFIGS / "evaluate.json")
+    # before 1.9 the data definitions were a fragment of their own, merged before evaluate.json
+    data = [str(CONFIGS / "data.json")] if (CONFIGS / "data.json").is_file() else []
+    _seeded_run(run_inference, model_dir, evaluation_dir / "samples", *data, evaluate,
                 evaluation_dir=str(evaluation_dir), **settings)  # fmt: skip
     snapshot.add_images(evaluation_dir)
     for name in ("summary.json",):
@@ -244,7 +258,7 @@ def run_evaluation_part(snapshot: Snapshot, model_dir: Path, dataset_dir: Path) 
     (work / "unused").mkdir()
     # evaluate.json first: the reconstruction-only config is read as an overlay of it (works for a standalone one too)
     reconstruction = str(CONFIGS / "evaluate_reconstruction.json")
-    _seeded_run(run_inference, model_dir, work / "unused", data, evaluate, reconstruction,
+    _seeded_run(run_inference, model_dir, work / "unused", *data, evaluate, reconstruction,
                 evaluation_dir=str(reconstruction_dir), dataset_dir=str(dataset_dir), msssim_kernel_size=3,
                 num_reconstruction_images=3, diffusion_path=str(work / "no_unet.pt"))  # fmt: skip
     snapshot.add_document(reconstruction_dir / "reconstruction.json")
@@ -316,9 +330,11 @@ def main(argv=None) -> int:
     parser.add_argument("--work_dir", help="folder for the runs' outputs (default: a temporary one, removed)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two snapshot files")
     parser.add_argument("--model_version", help="the version recorded in images' identities (default: the bundle's)")
+    parser.add_argument("--names_without_hash", action="store_true", help="record image names without their hash")
     args = parser.parse_args(argv)
     if args.model_version:
         RUN_OVERRIDES["model_version"] = args.model_version
+    NAMES_WITHOUT_HASH["enabled"] = args.names_without_hash
     if args.compare:
         return 0 if compare(*args.compare) else 1
     if not args.output_json:

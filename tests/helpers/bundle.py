@@ -38,20 +38,28 @@ def tiny_run_settings(model_dir: Path, output_dir: Path, **overrides) -> dict:
     }
 
 
+def run_config(files: list[str], overrides: dict) -> None:
+    """Run a bundle workflow in this process, as ``python -m monai.bundle run --config_file <files> --key value``
+    does (paths given as ``Path`` become text), with the bundle's metadata and logging files."""
+    from monai.bundle.scripts import run
+
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
+    run(
+        config_file=[str(f) for f in files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **{"bundle_root": str(BUNDLE_ROOT), **settings},
+    )
+
+
 def run_inference(model_dir: Path, output_dir: Path, *extra_files: str, **overrides):
     """Run the inference workflow in-process exactly as ``python -m monai.bundle run`` does.
 
     Uses the inference chain + the tiny overlays (+ ``extra_files``) with the tiny weights of ``model_dir``;
     ``overrides`` are the command-line overrides. Returns the sorted image paths in ``output_dir``.
     """
-    from monai.bundle.scripts import run
-
-    settings = tiny_run_settings(model_dir, output_dir, **overrides)
-    run(
-        config_file=[*INFERENCE_CONFIGS, *TINY_OVERLAYS, *extra_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        **settings,
+    run_config(
+        [*INFERENCE_CONFIGS, *TINY_OVERLAYS, *extra_files], tiny_run_settings(model_dir, output_dir, **overrides)
     )
     return sorted(p for p in Path(output_dir).iterdir() if p.suffix in (".png", ".jpg", ".pt", ".dcm"))
 

@@ -1,19 +1,22 @@
-"""Training through the real CLI: both stages, sampling with their weights, resume after a kill, two ranks.
+"""Training through the bundle's run: both stages, sampling with their weights, resume after a kill, two ranks.
 
-Each test runs ``python -m monai.bundle run`` (or ``torchrun``) on the training configs with the tiny
-overlays on a 24-subject synthetic data set, offline and on the CPU.
+The stages run in this process as ``python -m monai.bundle run`` runs them; a kill and ``torchrun`` need processes
+of their own. All on the training configs with their tiny overlays, a 24-subject synthetic data set, offline, CPU.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers.bundle import (
     BUNDLE_ROOT,
@@ -23,6 +26,7 @@ from helpers.bundle import (
     bundle_run_command,
     cli_env,
     run_bundle,
+    run_config,
     stage_configs,
 )
 from helpers.data import make_prepared_synthetic
@@ -50,11 +54,11 @@ def trained(tmp_path_factory, dataset_dir, text_encoder_dir):
     root = tmp_path_factory.mktemp("two_stages")
     autoencoder_dir, diffusion_dir = root / "autoencoder", root / "diffusion"
     mlflow = {"use_mlflow": True, "mlflow_tracking_uri": f"sqlite:///{root}/mlruns.db"} if HAS_MLFLOW_STORE else {}
-    run_bundle(
+    run_config(
         stage_configs("autoencoder"),
         {"dataset_dir": dataset_dir, "train_dir": autoencoder_dir, "max_epochs": 5, **mlflow},
     )
-    run_bundle(
+    run_config(
         stage_configs("diffusion"),
         {
             "dataset_dir": dataset_dir,
@@ -121,8 +125,10 @@ def test_diffusion_stage_trains_on_the_first_stage_autoencoder(trained):
 
 
 def test_trained_weights_sample_through_the_inference_config(trained, text_encoder_dir, tmp_path):
+    from scripts.common.hashing import fingerprint
+
     files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS]
-    run_bundle(
+    run_config(
         files,
         {
             "load_old": False,
@@ -133,7 +139,12 @@ def test_trained_weights_sample_through_the_inference_config(trained, text_encod
             "num_samples": 2,
         },
     )
-    assert len(list((tmp_path / "samples").glob("*.png"))) == 2
+    images = sorted((tmp_path / "samples").glob("*.png"))
+    assert len(images) == 2 and all(np.asarray(Image.open(path)).std() > 1 for path in images)
+    with open(tmp_path / "samples" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["diffusion_weights"] for row in rows} == {fingerprint(trained["diffusion"] / "model.pt")}
+    assert {row["autoencoder_weights"] for row in rows} == {fingerprint(trained["autoencoder"] / "autoencoder.pt")}
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(dataset_dir, tmp_path):
