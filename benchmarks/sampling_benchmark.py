@@ -673,9 +673,8 @@ def resolve_default(parser, device: torch.device, run_images: int) -> tuple[dict
     default = {key: parser[key] for key in SWITCHES}
     precision_choice = choose_precision(default["autocast_dtype"], device)
     default["autocast_dtype"] = precision_choice.precision
-    default["compile"] = resolve_compile(
-        default["compile"], device, default["autocast_dtype"], run_images, parser["compile_min_images"]
-    )
+    min_images = parser.get_parsed_content("compile_min_images")
+    default["compile"] = resolve_compile(default["compile"], device, default["autocast_dtype"], run_images, min_images)
     return default, precision_report(precision_choice)
 
 

@@ -2,8 +2,8 @@
 
 A set is a list of dicts with an ``"image"`` path plus a transform that loads one item. Folders (e.g. the
 inference workflow's output) are read with PIL, which keeps the on-disk orientation; datalists use the
-bundle's ``load_image_transforms`` (the training configs' and ``configs/evaluate.json``'s) so real images are prepared exactly as in
-training (orientation fixed, centre crop at ``image_size``).
+bundle's ``load_image_transforms`` (the training configs' and ``configs/evaluate.json``'s) so real images are
+prepared exactly as in training (orientation fixed, centre crop at ``image_size``).
 """
 
 from __future__ import annotations

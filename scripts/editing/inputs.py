@@ -3,8 +3,8 @@
 The radiograph (PNG/JPEG, 8- or 16-bit, or DICOM) is read as training data is prepared
 (``scripts.data.images.load_grey``: 8-bit grey, 16-bit images stretched over their own range, DICOM
 through its Modality and VOI LUTs), its short side is resized to ``image_size`` (bilinear, antialiased),
-and the long side is centre-cropped to ``image_size`` (MONAI's ``ResizeWithPadOrCrop``, as in
-the training configs' ``load_image_transforms``). Rows stay as stored: the top of the file is the top of the edited image.
+and the long side is centre-cropped to ``image_size`` (MONAI's ``ResizeWithPadOrCrop``, as in the training
+configs' ``load_image_transforms``). Rows stay as stored: the top of the file is the top of the edited image.
 
 Masks are grey images, white (> 127) = inside. Each is prepared with the image's geometry and
 nearest-neighbour resizing, so a mask drawn on the original image lands on the same pixels of the edited

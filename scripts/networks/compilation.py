@@ -8,7 +8,9 @@ cache has the kernels), first call only, so it pays only for runs of several ima
 are 9-19 images (AMX, bf16), ~5 (AVX-512, float32) and ~25 (AMX, float32). ``"auto"`` therefore compiles
 when the run makes at least ``min_images`` images on a CPU sampling in float32 or bfloat16 (float16 is
 slower than float32 on CPUs and is left eager; docs/performance.md has the measurements).
-On CUDA ``"auto"`` does not compile: no GPU measurement has chosen a mode there yet.
+On a CUDA GPU compiling takes longer than on the CPU per saved second: measured on an H200 (``CUDA_COMPILE``), a
+37 s compile halves a batch-32 image's 0.076 s, so it pays back after ``CUDA_BREAK_EVEN_IMAGES`` (~1,000)
+images; ``"auto"`` compiles GPU runs of at least that many images, in any precision.
 
 Freezing bakes the weights into the compiled graph, so a compiled UNet is for sampling with fixed
 weights; the training loop's preview sampler never compiles.
@@ -17,8 +19,10 @@ weights; the training loop's preview sampler never compiles.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+from collections.abc import Mapping
 
 import torch
 
@@ -28,6 +32,13 @@ logger = logging.getLogger(__name__)
 COMPILE_SETTINGS = {"auto": "auto", "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 #: Precisions ``"auto"`` compiles on a CPU (float16 runs slower than float32 on CPUs and was never measured compiled).
 COMPILED_CPU_PRECISIONS = ("float32", "bfloat16")
+#: The GPU measurement ``"auto"`` decides from (docs/performance.md, GPU: full-size UNet, 20 steps, bf16, batch 32,
+#: inductor's default mode; seconds).
+CUDA_COMPILE = {"device": "NVIDIA H200", "compile_s": 37.4, "eager_s_per_image": 0.0761, "compiled_s_per_image": 0.0399}
+#: Images after which compiling has paid for itself on a GPU: compile time / time saved per image.
+CUDA_BREAK_EVEN_IMAGES = math.ceil(
+    CUDA_COMPILE["compile_s"] / (CUDA_COMPILE["eager_s_per_image"] - CUDA_COMPILE["compiled_s_per_image"])
+)
 _announced: set[tuple] = set()
 
 
@@ -53,14 +64,25 @@ def cpu_compiler_available() -> bool:
         return False
 
 
-def resolve_compile(compile, device: str | torch.device, precision: str, num_images: int, min_images: int) -> bool:
+def min_images_on(device: torch.device, min_images: int | Mapping[str, int]) -> int:
+    """The smallest run ``"auto"`` compiles on ``device``: ``min_images`` itself, or its entry for the device's type
+    (``{"cpu": 32, "cuda": 1034}``; a type without an entry is never compiled by ``"auto"``)."""
+    if isinstance(min_images, Mapping):
+        value = min_images.get(device.type)
+        return int(value) if value is not None else 2**63 - 1
+    return int(min_images)
+
+
+def resolve_compile(
+    compile, device: str | torch.device, precision: str, num_images: int, min_images: int | Mapping[str, int]
+) -> bool:
     """Whether to compile the UNet for a run of ``num_images`` images (all ranks together).
 
-    ``"auto"`` is True on a CPU sampling in ``precision`` "float32" or "bfloat16" when ``num_images >=
-    min_images`` and a C++ compiler is there for inductor, else False; True and False are kept (True on a
-    CPU without a compiler is refused here, before anything runs). The result decides the images' float rounding, so it
-    is part of their identity; it depends only on the command (the run's size, not how much of it is
-    already done), so a resumed run resolves it alike. The choice of ``"auto"`` is logged once.
+    ``"auto"`` is True when the run makes at least ``min_images_on(device, min_images)`` images: on a CPU only when
+    sampling in "float32" or "bfloat16" with a C++ compiler there for inductor; on a CUDA GPU in any precision.
+    True and False are kept (True on a CPU without a compiler is refused here, before anything runs). The result
+    changes an image only by float rounding (it is in the manifest, not in the image's name); it depends only on
+    the command (the run's size, not how much of it is already done). The choice of ``"auto"`` is logged once.
     """
     setting = parse_compile(compile)
     device = torch.device(device)
@@ -72,28 +94,34 @@ def resolve_compile(compile, device: str | torch.device, precision: str, num_ima
         )
     if setting != "auto":
         return setting
-    enough_images = int(num_images) >= int(min_images)
-    compiled_precision = precision in COMPILED_CPU_PRECISIONS
-    worth_it = on_cpu and compiled_precision and enough_images
-    chosen = worth_it and cpu_compiler_available()  # the compiler is looked for only when it would be used
+    smallest = min_images_on(device, min_images)
+    enough_images = int(num_images) >= smallest
+    compiled_precision = precision in COMPILED_CPU_PRECISIONS or device.type == "cuda"
+    worth_it = device.type in ("cpu", "cuda") and compiled_precision and enough_images
+    chosen = worth_it and (not on_cpu or cpu_compiler_available())  # the compiler is looked for only when used
     key = (chosen, str(device), precision, enough_images)
     if key not in _announced:
         _announced.add(key)
-        if chosen:
-            why = (
-                f"{num_images} images >= compile_min_images {min_images}, {precision} on a CPU; "
-                "the first step compiles, about a minute"
-            )
-        elif not on_cpu:
-            why = f"no measured compile mode for {device.type} yet"
-        elif not compiled_precision:
-            why = f"{precision} on a CPU is not compiled (no measurement found it pays)"
-        elif not enough_images:
-            why = f"{num_images} images < compile_min_images {min_images}: compiling would not pay"
-        else:
-            why = "no C++ compiler for inductor's CPU kernels (install g++ or set CXX)"
-        logger.info(f"compile auto -> {chosen} ({why}); set --compile true/false to choose.")
+        logger.info(f"compile auto -> {chosen} ({_why(chosen, device, precision, num_images, smallest)}); "
+                    "set --compile true/false to choose.")  # fmt: skip
     return chosen
+
+
+def _why(chosen: bool, device: torch.device, precision: str, num_images: int, smallest: int) -> str:
+    """The reason ``resolve_compile`` gives for its choice of ``"auto"``."""
+    where = "a CPU" if device.type == "cpu" else f"a {device.type} device"
+    if device.type not in ("cpu", "cuda"):
+        return f"no measured compile mode for {device.type}"
+    if device.type == "cpu" and precision not in COMPILED_CPU_PRECISIONS:
+        return f"{precision} on a CPU is not compiled (no measurement found it pays)"
+    if int(num_images) < smallest:
+        return f"{num_images} images < compile_min_images {smallest} on {where}: compiling would not pay"
+    if not chosen:
+        return "no C++ compiler for inductor's CPU kernels (install g++ or set CXX)"
+    cost = "about a minute" if device.type == "cpu" else f"~{CUDA_COMPILE['compile_s']:.0f} s on an H200"
+    return (
+        f"{num_images} images >= compile_min_images {smallest}, {precision} on {where}; the first step compiles, {cost}"
+    )
 
 
 class FrozenCompiledUNet(torch.nn.Module):

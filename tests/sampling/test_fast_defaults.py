@@ -110,7 +110,10 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
     assert sorted(row["cache_interval"] for row in _manifest(out)) == ["1", "2"]
 
 
-# -- compile: "auto" compiles long float32 and bf16 runs on a CPU ------------------------------------------------------
+# -- compile: "auto" compiles long float32 and bf16 runs on a CPU, and runs that pay back the compile on a GPU -------
+
+#: configs/inference.json's compile_min_images
+MIN_IMAGES = {"cpu": 32, "cuda": 1034}
 
 
 @pytest.mark.parametrize(
@@ -121,7 +124,10 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
         ("auto", "cpu", "float32", 32, True),  # frozen fp32 pays after ~5 (AVX-512) to ~25 (AMX) images
         ("auto", "cpu", "float32", 31, False),
         ("auto", "cpu", "float16", 1000, False),  # slower than float32 on CPUs, never measured compiled
-        ("auto", "cuda:0", "bfloat16", 1000, False),  # no GPU measurement has chosen a mode yet
+        ("auto", "cuda:0", "bfloat16", 1033, False),  # the 37 s compile has not paid back yet (H200 measurement)
+        ("auto", "cuda:0", "bfloat16", 1034, True),
+        ("auto", "cuda:0", "float32", 5000, True),  # every precision on a GPU
+        ("auto", "mps", "float32", 5000, False),  # no measurement there
         (True, "cpu", "float32", 1, True),  # explicit values always win
         ("false", "cpu", "bfloat16", 1000, False),
     ],
@@ -129,7 +135,33 @@ def test_resume_never_reuses_an_image_made_with_another_cache_interval(tiny_mode
 def test_auto_compile_follows_the_run_size_device_and_precision(setting, device, dtype, images, expected):
     from scripts.networks.compilation import resolve_compile
 
-    assert resolve_compile(setting, device, dtype, images, min_images=32) is expected
+    assert resolve_compile(setting, device, dtype, images, min_images=MIN_IMAGES) is expected
+
+
+def test_the_gpu_threshold_is_where_the_measured_compile_pays_back(tiny_model_dir, tmp_path, caplog, monkeypatch):
+    """The config's CUDA threshold is the H200 measurement's break-even (compile seconds over seconds saved per
+    image); a run of that size on a (stubbed) CUDA device resolves to compiling, logged with the reason."""
+    import logging
+
+    from helpers.bundle import tiny_parser, tiny_run_settings
+    from scripts.networks import compilation
+
+    measured = compilation.CUDA_COMPILE
+    saved = measured["eager_s_per_image"] - measured["compiled_s_per_image"]
+    assert (compilation.CUDA_BREAK_EVEN_IMAGES - 1) * saved < measured["compile_s"]
+    assert compilation.CUDA_BREAK_EVEN_IMAGES * saved >= measured["compile_s"]
+    monkeypatch.setattr(compilation, "_announced", set())
+    on_a_gpu = {"device": "$torch.device('cuda:0')", "autocast_dtype": "bfloat16"}
+    for images, expected in (
+        (compilation.CUDA_BREAK_EVEN_IMAGES, True),
+        (compilation.CUDA_BREAK_EVEN_IMAGES - 1, False),
+    ):
+        settings = tiny_run_settings(tiny_model_dir, tmp_path, num_samples=images, **on_a_gpu)
+        parser = tiny_parser(**settings)
+        assert parser.get_parsed_content("compile_min_images") == MIN_IMAGES
+        with caplog.at_level(logging.INFO, logger=compilation.__name__):
+            assert parser.get_parsed_content("compiled") is expected
+    assert "compile auto -> True (1034 images >= compile_min_images 1034, bfloat16 on a cuda device" in caplog.text
 
 
 def test_compile_needs_a_cpu_compiler(monkeypatch):
@@ -140,6 +172,7 @@ def test_compile_needs_a_cpu_compiler(monkeypatch):
     assert compilation.cpu_compiler_available(), "this machine has g++"
     monkeypatch.setattr(compilation, "cpu_compiler_available", lambda: False)
     assert compilation.resolve_compile("auto", "cpu", "bfloat16", 1000, 32) is False
+    assert compilation.resolve_compile("auto", "cuda:0", "bfloat16", 2000, MIN_IMAGES) is True
     with pytest.raises(ValueError, match="compile true needs a C\\+\\+ compiler .* install g\\+\\+"):
         compilation.resolve_compile(True, "cpu", "bfloat16", 1000, 32)
     assert compilation.resolve_compile(True, "cuda:0", "bfloat16", 1, 32) is True
@@ -178,10 +211,10 @@ def test_compile_freezes_the_weights_on_a_cpu_only(monkeypatch):
     assert freezing_at_call == [True, False] and inductor_config.freezing is False, "freezing leaked out of the call"
 
 
-def test_auto_compile_is_decided_by_the_whole_run_recorded_and_part_of_identity(tiny_model_dir, tmp_path, monkeypatch):
+def test_auto_compile_is_decided_by_the_whole_run_and_recorded_but_not_in_names(tiny_model_dir, tmp_path, monkeypatch):
     """A 3-image bf16 run on a (mocked) AMX CPU with compile_min_images 3 is compiled; the decision depends on
     the run's size, not on how much of it is done, so a resumed run makes only the missing image, under the
-    same name; the same images made uncompiled are other images."""
+    same name. Compiling changes only float rounding: the same command uncompiled finds its images made."""
     import scripts.sampling.sampler as sampler_module
 
     monkeypatch.setattr(precision, "bf16_native", lambda device: True)
@@ -196,5 +229,5 @@ def test_auto_compile_is_decided_by_the_whole_run_recorded_and_part_of_identity(
     resumed = run_inference(tiny_model_dir, out, **settings)
     assert resumed == first and len(compiled) == 2, "the resumed run (1 image to make) was compiled as well"
     uncompiled = run_inference(tiny_model_dir, out, **{**settings, "compile_min_images": 4})
-    assert len(uncompiled) == 6 and len(compiled) == 2
-    assert sorted(row["compile"] for row in _manifest(out)) == ["False"] * 3 + ["True"] * 3
+    assert uncompiled == first and len(compiled) == 2, "nothing left to make"
+    assert [row["compile"] for row in _manifest(out)] == ["True"] * 3, "the manifest keeps how each was made"
