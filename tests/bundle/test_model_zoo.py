@@ -65,10 +65,16 @@ def test_inference_json_alone_is_a_complete_inference_workflow(tiny_model_dir, t
 
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
-def test_each_training_config_alone_is_a_complete_training_workflow(stage, tiny_model_dir, prepared_synthetic_dir):
+def test_each_training_config_alone_is_a_complete_training_workflow(
+    stage, tiny_model_dir, prepared_synthetic_dir, tmp_path
+):
     """ConfigWorkflow of a training config (with its tiny overlay): no missing or misnamed property, and the
     properties are the stage's own pieces."""
-    overrides = {"dataset_dir": str(prepared_synthetic_dir), "bundle_root": str(BUNDLE_ROOT)}
+    overrides = {
+        "dataset_dir": str(prepared_synthetic_dir),
+        "bundle_root": str(BUNDLE_ROOT),
+        "train_dir": str(tmp_path),
+    }
     if stage == "diffusion":
         overrides.update(
             autoencoder_path=str(tiny_model_dir / "autoencoder.pt"),
