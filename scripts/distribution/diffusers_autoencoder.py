@@ -12,15 +12,24 @@ torch and diffusers. MONAI's autoencoder differs from diffusers' in two ways tha
 
 Everything else (no middle block, two decoder residual blocks per level, separate mean and log-variance
 convolutions) is expressed by the weights: zero residual branches and stacked convolutions.
+
+A pipeline holding this VAE and saved again (after fine-tuning, ``pipe.save_pretrained(new_folder)``) stays
+loadable: the class names its module as the file it is inside a folder, so ``model_index.json`` names it
+so, and its ``save_pretrained`` writes this file beside the weights.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
+
+#: This file's name inside an exported folder (``vae/cxr_autoencoder.py``).
+MODULE_NAME = "cxr_autoencoder"
 
 
 class UnitRangeInputConv(nn.Conv2d):
@@ -50,6 +59,8 @@ class CxrAutoencoderKL(AutoencoderKL):
     [-1, 1] and ``decode`` gives (B, 1, H, W) in [-1, 1], as every diffusers pipeline expects.
     """
 
+    __module__ = MODULE_NAME  # the file's name in a pipeline folder: what model_index.json must name
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encoder.conv_act = nn.Identity()
@@ -59,3 +70,8 @@ class CxrAutoencoderKL(AutoencoderKL):
 
     # diffusers reads a model's configuration keys from its __init__ signature: keep AutoencoderKL's.
     __init__.__signature__ = inspect.signature(AutoencoderKL.__init__)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``AutoencoderKL.save_pretrained``, plus this file as ``<save_directory>/cxr_autoencoder.py``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        shutil.copyfile(__file__, os.path.join(save_directory, f"{MODULE_NAME}.py"))

@@ -18,7 +18,6 @@ appears under its name only when complete.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ from scripts.distribution.diffusers_parity import compare_routes
 from scripts.sampling.jobs import coerce_text
 
 #: The custom VAE's module inside the folder: ``vae/<name>.py``, named in ``model_index.json``.
-VAE_MODULE = "cxr_autoencoder"
+VAE_MODULE = diffusers_autoencoder.MODULE_NAME
 VAE_CLASS = diffusers_autoencoder.CxrAutoencoderKL.__name__
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 #: The check compares exact float32 routes: no autocast, compile or memory-format switches.
@@ -78,7 +77,7 @@ def diffusers_vae(parser, autoencoder: torch.nn.Module):
 
 
 def build_pipeline(parser):
-    """A ``StableDiffusionPipeline`` (CPU, float32) of the networks the config ``parser`` loads."""
+    """A ``StableDiffusionPipeline`` (CPU) of the networks the config ``parser`` loads."""
     from diffusers import StableDiffusionPipeline
 
     noise_schedule = parser.get_parsed_content("noise_schedule")
@@ -92,27 +91,23 @@ def build_pipeline(parser):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return pipeline.to("cpu", torch.float32)
+    return pipeline.to("cpu")
 
 
 def save_pipeline(pipeline, folder: str, tokenizer_dir: str) -> None:
-    """Save ``pipeline`` to ``folder`` (safetensors) with the VAE's source, named in ``model_index.json``.
+    """Save ``pipeline`` to ``folder`` (safetensors), the VAE's source in ``vae/`` and named in ``model_index.json``.
 
     The tokenizer's own files (``tokenizer_dir``: vocab.json, merges.txt) are copied beside the
     ``tokenizer.json`` transformers writes, so that older transformers, whose ``CLIPTokenizer`` reads only
     them, load the folder too.
     """
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    pipeline.save_pretrained(folder, safe_serialization=True)  # the VAE writes vae/cxr_autoencoder.py itself
     for name in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(folder, "tokenizer", name))
-    shutil.copyfile(inspect.getsourcefile(diffusers_autoencoder), os.path.join(folder, "vae", f"{VAE_MODULE}.py"))
-    index_path = os.path.join(folder, "model_index.json")
-    with open(index_path, encoding="utf-8") as f:
+    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
         index = json.load(f)
-    index["vae"] = [VAE_MODULE, VAE_CLASS]
-    with open(index_path, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-        f.write("\n")
+    if index["vae"] != [VAE_MODULE, VAE_CLASS] or not os.path.isfile(os.path.join(folder, "vae", f"{VAE_MODULE}.py")):
+        raise ExportError(f"diffusers saved the VAE as {index['vae']}, not {[VAE_MODULE, VAE_CLASS]}: update cxr-ldm.")
 
 
 def load_pipeline(folder: str, device: str | torch.device = "cpu"):

@@ -48,8 +48,12 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def check_folder(pipeline_dir: str) -> dict:
-    """``model_index.json`` of ``pipeline_dir``, after checking it is a pipeline folder with this model's VAE."""
+def check_folder(pipeline_dir: str, notes: list[str]) -> dict:
+    """``model_index.json`` of ``pipeline_dir``, after checking it is a pipeline folder with this model's VAE.
+
+    A VAE saved as diffusers' plain ``AutoencoderKL`` (what diffusers' training scripts load it as) holds the
+    same tensors and is imported, with a note: that class computes another function of them.
+    """
     index_path = os.path.join(pipeline_dir, "model_index.json")
     if not os.path.isfile(index_path):
         lora = [n for n in os.listdir(pipeline_dir) if "lora" in n.lower()] if os.path.isdir(pipeline_dir) else []
@@ -60,7 +64,13 @@ def check_folder(pipeline_dir: str) -> dict:
             "export_diffusers wrote, or a pipeline saved from it with save_pretrained."
         )
     vae_class = _read_json(os.path.join(pipeline_dir, "vae", "config.json")).get("_class_name")
-    if vae_class != CxrAutoencoderKL.__name__:
+    if vae_class == "AutoencoderKL":
+        notes.append(
+            "the folder's VAE is saved as diffusers' AutoencoderKL: its tensors are imported, but that class adds a "
+            "SiLU and takes [-1, 1] inputs unmapped; a UNet fine-tuned on latents it encoded learned other latents "
+            "(load the VAE with AutoModel.from_pretrained(f'{folder}/vae', trust_remote_code=True))"
+        )
+    elif vae_class != CxrAutoencoderKL.__name__:
         raise ImportDiffusersError(
             f"'{pipeline_dir}' has the VAE class {vae_class!r}, not this model's {CxrAutoencoderKL.__name__}: only "
             "folders made by python -m scripts.distribution.export_diffusers (and fine-tuned from one) can be imported."
@@ -197,12 +207,12 @@ def import_pipeline(pipeline_dir: str, output_dir: str, config_file=None, **over
     pipeline_dir, output_dir = os.fspath(pipeline_dir), os.fspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise ImportDiffusersError(f"'{output_dir}' already exists: choose a new --output_dir or delete it first.")
-    check_folder(pipeline_dir)
+    notes: list[str] = []
+    check_folder(pipeline_dir, notes)
     files = [config_file] if isinstance(config_file, str) else list(config_file or INFERENCE_CONFIGS)
     parser = load_parser(files, overrides)
     check_tokenizer(parser, pipeline_dir)
     check_noise_schedule(parser, pipeline_dir)
-    notes: list[str] = []
     unet_state = import_unet(parser, pipeline_dir, notes)
     autoencoder_state, scale_factor = import_autoencoder(parser, pipeline_dir, notes)
     if os.path.isdir(output_dir):
