@@ -337,3 +337,16 @@ def test_imports_refuse_what_the_bundle_cannot_hold(exported, tmp_path):
 
     with pytest.raises(ImportDiffusersError, match="already exists"):
         import_pipeline(exported, exported, config_file=TINY_CONFIGS)
+
+
+def test_commands_end_with_a_one_line_error(exported, tiny_model_dir, tmp_path):
+    from scripts.distribution import export_diffusers, import_diffusers
+
+    with pytest.raises(SystemExit, match=r"^ExportError: '.*cxr_ldm' already exists: choose a new --output_dir"):
+        export_diffusers.main(str(exported), config_file=TINY_CONFIGS, **settings_of(tiny_model_dir))
+    with pytest.raises(SystemExit, match=r"^ImportDiffusersError: '.*' is not a diffusers pipeline folder"):
+        import_diffusers.main(str(tmp_path), str(tmp_path / "out"), config_file=TINY_CONFIGS)
+    missing = settings_of(tiny_model_dir, diffusion_path=str(tmp_path / "absent.pt"))
+    with pytest.raises(SystemExit, match=r"^CheckpointError: Weights file '.*absent\.pt' not found"):
+        export_diffusers.main(str(tmp_path / "new"), config_file=TINY_CONFIGS, **missing)
+    assert not (tmp_path / "new").exists()
