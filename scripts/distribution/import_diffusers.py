@@ -12,7 +12,7 @@ workflow of the bundle then run on the imported weights.
 Nothing in the folder is executed: its VAE is read with this bundle's own ``CxrAutoencoderKL``. The folder
 must describe the bundle's networks (the configs' ``network_def`` / ``autoencoder_def``, as with
 ``python -m monai.bundle run``, other keys given as options), its noise schedule and tokenizer; what differs
-is named in a one-line error. Tensors are imported as float32 (a folder saved in float16 gives float16 values).
+is named in a one-line error. Tensors are imported as float32 (a folder saved in float16 gives its float16 values).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def check_folder(pipeline_dir: str, notes: list[str]) -> dict:
         notes.append(
             "the folder's VAE is saved as diffusers' AutoencoderKL: its tensors are imported, but that class adds a "
             "SiLU and takes [-1, 1] inputs unmapped; a UNet fine-tuned on latents it encoded learned other latents "
-            "(load the VAE with AutoModel.from_pretrained(f'{folder}/vae', trust_remote_code=True))"
+            "(load it as DiffusionPipeline.from_pretrained(folder, trust_remote_code=True).vae)"
         )
     elif vae_class != CxrAutoencoderKL.__name__:
         raise ImportDiffusersError(
@@ -93,29 +93,22 @@ def check_config(found: dict, expected: dict, what: str) -> None:
             )
 
 
-def _as_float32(state: dict, what: str, notes: list[str]) -> dict:
-    dtypes = {str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32}
-    if dtypes:
-        notes.append(f"the {what} was stored in {', '.join(sorted(dtypes))}: imported as float32")
-    return {k: v.float() for k, v in state.items()}
-
-
-def import_unet(parser, pipeline_dir: str, notes: list[str]) -> dict:
+def import_unet(parser, pipeline_dir: str) -> dict:
     """The bundle UNet's state dict (float32, this bundle's layout) from the folder's ``unet/``."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet", torch_dtype=torch.float32)
     expected = unet_config(network_arguments(parser, "network_def"), parser.get_parsed_content("latent_shape")[-1])
     check_config(dict(unet.config), expected, "UNet")
     network = parser.get_parsed_content("network_def")
-    state = unet_from_diffusers(_as_float32(unet.state_dict(), "UNet", notes), list(network.state_dict()))
+    state = unet_from_diffusers(unet.state_dict(), list(network.state_dict()))
     network.load_state_dict(state, strict=True)
     return network.state_dict()
 
 
-def import_autoencoder(parser, pipeline_dir: str, notes: list[str]) -> tuple[dict, float]:
+def import_autoencoder(parser, pipeline_dir: str) -> tuple[dict, float]:
     """(the bundle autoencoder's state dict, the folder's latent scaling factor) from the folder's ``vae/``."""
-    vae = CxrAutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae")
+    vae = CxrAutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae", torch_dtype=torch.float32)
     expected = vae_config(
         network_arguments(parser, "autoencoder_def"),
         parser.get_parsed_content("image_size"),
@@ -124,8 +117,9 @@ def import_autoencoder(parser, pipeline_dir: str, notes: list[str]) -> tuple[dic
     check_config(dict(vae.config), expected, "VAE")
     autoencoder = parser.get_parsed_content("autoencoder_def")
     blocks = [expected["layers_per_block"]] * len(expected["block_out_channels"])
-    weights = _as_float32(vae.state_dict(), "VAE", notes)
-    state = autoencoder_from_diffusers(weights, list(autoencoder.state_dict()), expected["block_out_channels"], blocks)
+    state = autoencoder_from_diffusers(
+        vae.state_dict(), list(autoencoder.state_dict()), expected["block_out_channels"], blocks
+    )
     autoencoder.load_state_dict(state, strict=True)
     return autoencoder.state_dict(), float(vae.config.scaling_factor)
 
@@ -165,15 +159,15 @@ def check_noise_schedule(parser, pipeline_dir: str) -> None:
         )
 
 
-def import_text_encoder(parser, pipeline_dir: str, destination: str, notes: list[str]) -> None:
+def import_text_encoder(parser, pipeline_dir: str, destination: str) -> None:
     """Save the folder's text encoder (float32) to ``destination``, after checking its width fits the UNet."""
     from transformers import CLIPTextModel
 
     from scripts.networks.text import check_context_width
 
-    encoder = CLIPTextModel.from_pretrained(pipeline_dir, subfolder="text_encoder", local_files_only=True)
-    if encoder.dtype != torch.float32:
-        notes.append(f"the text encoder was stored in {encoder.dtype}: imported as float32")
+    encoder = CLIPTextModel.from_pretrained(
+        pipeline_dir, subfolder="text_encoder", local_files_only=True, dtype=torch.float32
+    )
     check_context_width(encoder, parser.get_parsed_content("network_def#cross_attention_dim"))
     encoder.float().save_pretrained(destination)
 
@@ -213,15 +207,15 @@ def import_pipeline(pipeline_dir: str, output_dir: str, config_file=None, **over
     parser = load_parser(files, overrides)
     check_tokenizer(parser, pipeline_dir)
     check_noise_schedule(parser, pipeline_dir)
-    unet_state = import_unet(parser, pipeline_dir, notes)
-    autoencoder_state, scale_factor = import_autoencoder(parser, pipeline_dir, notes)
+    unet_state = import_unet(parser, pipeline_dir)
+    autoencoder_state, scale_factor = import_autoencoder(parser, pipeline_dir)
     if os.path.isdir(output_dir):
         os.rmdir(output_dir)
     with atomic_path(output_dir) as temporary:
         os.makedirs(temporary)
         torch.save(unet_state, os.path.join(temporary, "model.pt"))
         torch.save(autoencoder_state, os.path.join(temporary, "autoencoder.pt"))
-        import_text_encoder(parser, pipeline_dir, os.path.join(temporary, "text_encoder"), notes)
+        import_text_encoder(parser, pipeline_dir, os.path.join(temporary, "text_encoder"))
     options = sampling_options(output_dir, scale_factor, parser.get_parsed_content("scale_factor"))
     return {"output_dir": output_dir, "options": options, "notes": notes}
 

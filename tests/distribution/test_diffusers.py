@@ -350,3 +350,21 @@ def test_commands_end_with_a_one_line_error(exported, tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit, match=r"^CheckpointError: Weights file '.*absent\.pt' not found"):
         export_diffusers.main(str(tmp_path / "new"), config_file=TINY_CONFIGS, **missing)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_vae_saved_as_plain_autoencoderkl_is_imported_with_a_note(exported, tiny_model_dir, tmp_path):
+    """What diffusers' training scripts save when they load the VAE as AutoencoderKL: the same tensors."""
+    import shutil
+
+    folder = tmp_path / "plain_vae"
+    shutil.copytree(exported, folder)
+    config_path = folder / "vae" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "_class_name": "AutoencoderKL"}))
+    summary = import_pipeline(folder, tmp_path / "back", config_file=TINY_CONFIGS)
+    assert any("saved as diffusers' AutoencoderKL" in note for note in summary["notes"])
+    _assert_bit_equal(_state_dicts(tmp_path / "back")["autoencoder.pt"], _state_dicts(tiny_model_dir)["autoencoder.pt"])
+    config_path.write_text(
+        json.dumps({**json.loads(config_path.read_text()), "_class_name": "AsymmetricAutoencoderKL"})
+    )
+    with pytest.raises(ImportDiffusersError, match="VAE class 'AsymmetricAutoencoderKL'"):
+        import_pipeline(folder, tmp_path / "again", config_file=TINY_CONFIGS)
