@@ -39,7 +39,17 @@ def _origin_text(origin: dict) -> str:
     return (
         f"Converted by cxr-ldm {origin['model_version']} (`python -m scripts.distribution.export_diffusers`) from "
         f"{source}. Weights fingerprints: autoencoder `{origin['autoencoder_weights']}`, diffusion UNet "
-        f"`{origin['diffusion_weights']}`. The tensors are those of the MONAI networks, renamed; nothing was retrained."
+        f"`{origin['diffusion_weights']}`, text encoder `{origin['text_encoder']}`. The tensors are those of the "
+        "MONAI networks, renamed; nothing was retrained."
+    )
+
+
+def _training_data_text(origin: dict) -> str:
+    if origin["load_old"]:
+        return "These weights were trained on MIMIC-CXR images and reports."
+    return (
+        "The released weights of this model were trained on MIMIC-CXR images and reports; weights trained or "
+        "fine-tuned on MIMIC-CXR with cxr-ldm fall under the same terms."
     )
 
 
@@ -93,11 +103,11 @@ impression text of a radiology report.
 ## Intended use: research only, **not for diagnosis**
 Generative-model research, data-augmentation experiments, education and benchmarking. The images are
 synthetic: what they show is not a patient, and they must not be used for diagnosis or any clinical decision.
-The training data come from one hospital system (adult patients, PA views); the model reflects that
-population, its devices and its reporting style, and has not been evaluated for fairness.
+MIMIC-CXR comes from one hospital system (adult patients; PA views were used): a model trained on it reflects
+that population, its devices and its reporting style, and this one has not been evaluated for fairness.
 
 ## Licence of the training data
-The released weights were trained on MIMIC-CXR-JPG 2.0.0 and MIMIC-CXR 2.0.0 (PhysioNet), distributed under
+{_training_data_text(origin)} MIMIC-CXR-JPG 2.0.0 and MIMIC-CXR 2.0.0 (PhysioNet) are distributed under
 the PhysioNet Credentialed Health Data License 1.5.0 ({LICENCE_LINK}) and its data use agreement: access
 only for credentialed users who signed it, scientific research only, no attempt to identify any individual,
 no sharing of the data or of anything from which it can be recovered with anyone who has not signed it, and

@@ -127,6 +127,7 @@ def origin(parser) -> dict:
         "model_version": identity.get("model_version"),
         "autoencoder_weights": identity.get("autoencoder_weights"),
         "diffusion_weights": identity.get("diffusion_weights"),
+        "text_encoder": identity.get("text_encoder"),
         "null_prompt": parser.get_parsed_content("null_prompt"),
         "scale_factor": parser.get_parsed_content("scale_factor"),
         "image_size": parser.get_parsed_content("image_size"),
