@@ -113,41 +113,45 @@ def autoencoder_plan(channels: Sequence[int], num_res_blocks: Sequence[int]) -> 
     ``encoder.conv_out`` is absent: it is stacked (``autoencoder_to_diffusers``). For an autoencoder
     without attention and without non-local (middle) attention blocks.
     """
-    plan = [("encoder.blocks.0.conv.", "encoder.conv_in.")]
-    index = 1
-    for level in range(len(channels)):
-        for block in range(num_res_blocks[level]):
-            plan.append((f"encoder.blocks.{index}.", f"encoder.down_blocks.{level}.resnets.{block}."))
-            index += 1
-        if level < len(channels) - 1:
-            plan.append((f"encoder.blocks.{index}.conv.conv.", f"encoder.down_blocks.{level}.downsamplers.0.conv."))
-            index += 1
-    plan.append((f"encoder.blocks.{index}.", "encoder.conv_norm_out."))
-    plan.append(("decoder.blocks.0.conv.", "decoder.conv_in."))
-    index = 1
-    reversed_blocks = list(reversed(num_res_blocks))
-    for level in range(len(channels)):
-        for block in range(reversed_blocks[level]):
-            plan.append((f"decoder.blocks.{index}.", f"decoder.up_blocks.{level}.resnets.{block}."))
-            index += 1
-        if level < len(channels) - 1:
-            plan.append((f"decoder.blocks.{index}.postconv.conv.", f"decoder.up_blocks.{level}.upsamplers.0.conv."))
-            index += 1
+    encoder, index = _levels_plan("encoder", "down_blocks", num_res_blocks, ("conv.conv.", "downsamplers.0.conv."))
+    plan = [
+        ("encoder.blocks.0.conv.", "encoder.conv_in."),
+        *encoder,
+        (f"encoder.blocks.{index}.", "encoder.conv_norm_out."),
+    ]
+    upsampler = ("postconv.conv.", "upsamplers.0.conv.")
+    decoder, index = _levels_plan("decoder", "up_blocks", list(reversed(num_res_blocks)), upsampler)
+    plan += [("decoder.blocks.0.conv.", "decoder.conv_in."), *decoder]
     plan.append((f"decoder.blocks.{index}.", "decoder.conv_norm_out."))
     plan.append((f"decoder.blocks.{index + 1}.conv.", "decoder.conv_out."))
     plan.append(("post_quant_conv.conv.", "post_quant_conv."))
     return plan
 
 
+def _levels_plan(
+    network: str, levels_name: str, blocks_per_level: Sequence[int], resampler: tuple[str, str]
+) -> tuple[list[tuple[str, str]], int]:
+    """(prefix pairs, next block index) of ``network``'s levels: MONAI's blocks from index 1 are each level's
+    residual blocks, then its resampler (MONAI suffix, diffusers suffix) except after the last level."""
+    plan, index = [], 1
+    for level, blocks in enumerate(blocks_per_level):
+        for block in range(blocks):
+            plan.append((f"{network}.blocks.{index}.", f"{network}.{levels_name}.{level}.resnets.{block}."))
+            index += 1
+        if level < len(blocks_per_level) - 1:
+            plan.append((f"{network}.blocks.{index}.{resampler[0]}", f"{network}.{levels_name}.{level}.{resampler[1]}"))
+            index += 1
+    return plan, index
+
+
 #: Names inside a MONAI autoencoder residual block -> its diffusers twin.
 RESNET_PARTS = (("conv1.conv.", "conv1."), ("conv2.conv.", "conv2."), ("nin_shortcut.conv.", "conv_shortcut."))
 
 
-def _resnet_part(rest: str, forward: bool) -> str:
+def _resnet_part(rest: str) -> str:
     for monai_part, diffusers_part in RESNET_PARTS:
-        source, target = (monai_part, diffusers_part) if forward else (diffusers_part, monai_part)
-        if rest.startswith(source):
-            return target + rest[len(source) :]
+        if rest.startswith(monai_part):
+            return diffusers_part + rest[len(monai_part) :]
     return rest
 
 
@@ -155,7 +159,7 @@ def autoencoder_key_to_diffusers(key: str, plan) -> str | None:
     """The diffusers name of MONAI autoencoder tensor ``key`` (None: the stacked encoder output layers)."""
     for monai_prefix, diffusers_prefix in plan:
         if key.startswith(monai_prefix):
-            return diffusers_prefix + _resnet_part(key[len(monai_prefix) :], forward=True)
+            return diffusers_prefix + _resnet_part(key[len(monai_prefix) :])
     return None
 
 
