@@ -9,6 +9,8 @@ random text encoder; they are written to ``<work_dir>/model`` and exported with
 
 - networks: the largest difference between the MONAI UNet and the exported ``UNet2DConditionModel`` (one
   guided batch at a few timesteps), and between the autoencoders (decode, and encode of a decoded image);
+- speed: the median time of one guided UNet call (batch 2) and of one decode of each route, interleaved
+  (``timing_repeats`` rounds after a warm-up round);
 - samplers: for each of ``schedulers``, ``prompts`` × one seed each, image by image through the bundle's
   sampler and the pipeline (per-image generators; which route goes first alternates): the largest difference
   of the final latents and of the images in [0, 1] (and in 8-bit grey levels), and the seconds per image of
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -94,6 +97,31 @@ def network_differences(parser, pipeline, seed: int = 0) -> dict:
 
 
 @torch.inference_mode()
+def step_seconds(parser, pipeline, repeats: int = 3, seed: int = 0) -> dict:
+    """Median seconds of one guided UNet call (batch 2) and of one decode, each network in turn, ``repeats`` times:
+    interleaved, so that load from other work on shared cores touches both routes alike."""
+    generator = torch.Generator().manual_seed(seed)
+    unet, autoencoder = parser.get_parsed_content("network"), parser.get_parsed_content("autoencoder")
+    device = next(unet.parameters()).device
+    latents = torch.randn((2, *parser.get_parsed_content("latent_shape")), generator=generator).to(device)
+    context = torch.randn((2, 77, int(parser["network_def"]["cross_attention_dim"])), generator=generator).to(device)
+    t = torch.full((2,), 500, device=device)
+    calls = {
+        "bundle_unet": lambda: unet(latents, timesteps=t, context=context),
+        "diffusers_unet": lambda: pipeline.unet(latents, t, encoder_hidden_states=context),
+        "bundle_decode": lambda: autoencoder.decode(latents[:1]),
+        "diffusers_decode": lambda: pipeline.vae.decode(latents[:1]),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(int(repeats) + 1):  # the first round warms up
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
+@torch.inference_mode()
 def bundle_route(sampler, network, prompt: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, image in [0, 1]) of the bundle's sampler: its ``__call__`` in its own steps."""
     device = next(network.parameters()).device
@@ -163,6 +191,7 @@ def main(
     device: str = "cpu",
     output_json: str | None = None,
     config_file=None,
+    timing_repeats: int = 3,
 ) -> dict:
     """Export (random weights unless ``model_dir`` holds some), then measure; print and return the report.
 
@@ -195,6 +224,7 @@ def main(
         "num_inference_steps": num_inference_steps,
         "guidance_scale": float(parser.get_parsed_content("guidance_scale")),
         "networks": network_differences(parser, pipeline),
+        "median_seconds": step_seconds(parser, pipeline, timing_repeats) if timing_repeats else None,
         "samplers": {name: sampler_parity(parser, pipeline, name, prompts, seed) for name in schedulers},
     }
     print(json.dumps(report, indent=2))
