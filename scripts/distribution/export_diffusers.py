@@ -4,8 +4,9 @@
     python -m scripts.distribution.export_diffusers --output_dir models/diffusers_trained --load_old False \\
         --autoencoder_path models/train_autoencoder/autoencoder.pt --diffusion_path models/train_diffusion/model.pt
 
-Every option besides ``output_dir``, ``config_file`` and ``check_steps`` is a key of the inference config, as
-with ``python -m monai.bundle run`` (weights, their layout, text encoder, ``prompt`` and ``seed`` of the check).
+The options ``--load_old``, ``--autoencoder_path``, ``--diffusion_path``, ``--text_encoder_source``,
+``--null_prompt``, ``--scale_factor``, ``--device`` (and ``--prompt``, ``--seed`` of the check) are the inference
+config's keys, as with ``python -m monai.bundle run``; ``--overrides "{...}"`` sets any other key.
 The folder holds the UNet (``UNet2DConditionModel``, the same tensors renamed), the autoencoder
 (``CxrAutoencoderKL``, whose source ships in ``vae/cxr_autoencoder.py``), the text encoder and tokenizer, the
 bundle's default sampler (UniPC on Karras noise levels) over the bundle's noise schedule, and a model card.
@@ -192,10 +193,46 @@ def export(output_dir: str, config_file=None, check_steps: int = 4, **overrides)
     return output_dir
 
 
-def main(output_dir: str, config_file=None, check_steps: int = 4, **overrides) -> None:
-    """Command-line entry point of ``export``: bad input ends with its one-line message."""
+def main(
+    output_dir: str,
+    load_old: bool | None = None,
+    autoencoder_path: str | None = None,
+    diffusion_path: str | None = None,
+    text_encoder_source: str | None = None,
+    null_prompt: str | None = None,
+    scale_factor: float | None = None,
+    prompt: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    check_steps: int = 4,
+    config_file=None,
+    overrides: dict | None = None,
+) -> None:
+    """Write the model as a diffusers folder ``output_dir``; bad input ends with its one-line message.
+
+    Args:
+        output_dir: the folder to create.
+        load_old, autoencoder_path, diffusion_path, text_encoder_source, null_prompt, scale_factor, device: the
+            inference config's keys of the same names (unset: the config's values).
+        prompt, seed: the model card's check image (unset: the config's).
+        check_steps: steps of that check (0: none).
+        config_file: config files merged in order (default: the inference configs).
+        overrides: any other config keys, e.g. ``"{'network_def#channels': [128, 256, 384]}"``.
+    """
+    named = {
+        "load_old": load_old,
+        "autoencoder_path": autoencoder_path,
+        "diffusion_path": diffusion_path,
+        "text_encoder_source": text_encoder_source,
+        "null_prompt": null_prompt,
+        "scale_factor": scale_factor,
+        "prompt": prompt,
+        "seed": seed,
+        "device": device,
+    }
+    settings = {**(overrides or {}), **{key: value for key, value in named.items() if value is not None}}
     try:
-        export(output_dir, config_file=config_file, check_steps=check_steps, **overrides)
+        export(output_dir, config_file=config_file, check_steps=check_steps, **settings)
     except Exception as error:  # noqa: BLE001 - config errors arrive wrapped by MONAI's parser
         cause = root_cause(error)
         if not isinstance(cause, (CxrLdmError, FileNotFoundError)):

@@ -10,8 +10,8 @@ bundle's layout (``load_old False``) and the text encoder (``text_encoder/``); t
 workflow of the bundle then run on the imported weights.
 
 Nothing in the folder is executed: its VAE is read with this bundle's own ``CxrAutoencoderKL``. The folder
-must describe the bundle's networks (the configs' ``network_def`` / ``autoencoder_def``, as with
-``python -m monai.bundle run``, other keys given as options), its noise schedule and tokenizer; what differs
+must describe the bundle's networks (the configs' ``network_def`` / ``autoencoder_def``; other settings
+through ``--overrides "{...}"``), its noise schedule and tokenizer; what differs
 is named in a one-line error. Tensors are imported as float32 (a folder saved in float16 gives its float16 values).
 """
 
@@ -220,11 +220,18 @@ def import_pipeline(pipeline_dir: str, output_dir: str, config_file=None, **over
     return {"output_dir": output_dir, "options": options, "notes": notes}
 
 
-def main(pipeline_dir: str, output_dir: str, config_file=None, **overrides) -> None:
-    """Command-line entry point of ``import_pipeline``: prints the sampling options; bad input ends with its
-    one-line message."""
+def main(pipeline_dir: str, output_dir: str, config_file=None, overrides: dict | None = None) -> None:
+    """Import the diffusers folder ``pipeline_dir`` into ``output_dir``; print the options that sample with it.
+    Bad input ends with its one-line message.
+
+    Args:
+        pipeline_dir: an exported (and possibly fine-tuned) diffusers folder.
+        output_dir: the folder to create.
+        config_file: config files that define the networks, merged in order (default: the inference configs).
+        overrides: other config keys (network settings), e.g. ``"{'network_def#channels': [128, 256, 384]}"``.
+    """
     try:
-        summary = import_pipeline(pipeline_dir, output_dir, config_file=config_file, **overrides)
+        summary = import_pipeline(pipeline_dir, output_dir, config_file=config_file, **(overrides or {}))
     except Exception as error:  # noqa: BLE001 - config errors arrive wrapped by MONAI's parser
         cause = root_cause(error)
         if not isinstance(cause, (CxrLdmError, FileNotFoundError)):

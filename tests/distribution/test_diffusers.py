@@ -343,12 +343,16 @@ def test_commands_end_with_a_one_line_error(exported, tiny_model_dir, tmp_path):
     from scripts.distribution import export_diffusers, import_diffusers
 
     with pytest.raises(SystemExit, match=r"^ExportError: '.*cxr_ldm' already exists: choose a new --output_dir"):
-        export_diffusers.main(str(exported), config_file=TINY_CONFIGS, **settings_of(tiny_model_dir))
+        export_diffusers.main(str(exported), config_file=TINY_CONFIGS, overrides=settings_of(tiny_model_dir))
     with pytest.raises(SystemExit, match=r"^ImportDiffusersError: '.*' is not a diffusers pipeline folder"):
         import_diffusers.main(str(tmp_path), str(tmp_path / "out"), config_file=TINY_CONFIGS)
-    missing = settings_of(tiny_model_dir, diffusion_path=str(tmp_path / "absent.pt"))
     with pytest.raises(SystemExit, match=r"^CheckpointError: Weights file '.*absent\.pt' not found"):
-        export_diffusers.main(str(tmp_path / "new"), config_file=TINY_CONFIGS, **missing)
+        export_diffusers.main(
+            str(tmp_path / "new"),
+            diffusion_path=str(tmp_path / "absent.pt"),
+            config_file=TINY_CONFIGS,
+            overrides=settings_of(tiny_model_dir),
+        )
     assert not (tmp_path / "new").exists()
 
 
