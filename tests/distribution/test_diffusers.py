@@ -78,13 +78,14 @@ def prompts_file(tmp_path_factory) -> Path:
         ("unipc_karras", 4, "UniPCMultistepScheduler"),
         ("ddim", 5, "DDIMScheduler"),
         ("dpmpp_2m", 4, "DPMSolverMultistepScheduler"),
+        ("dpmpp_2m_karras", 4, "DPMSolverMultistepScheduler"),
     ],
 )
 def test_the_pipeline_makes_the_bundles_images(
     scheduler_name, steps, scheduler_class, pipeline, tiny_model_dir, prompts_file, tmp_path
 ):
-    """Two prompts × two seeds in batches of two through the bundle's workflow, then image by image through
-    diffusers with one CPU generator per image: the same images, for each of the bundle's exact samplers."""
+    """A prompts file of two prompts in one batch through the bundle's workflow, then through diffusers with one
+    CPU generator per image: the same images, for each of the bundle's exact samplers."""
     from scripts.distribution.diffusers_parity import use_bundle_scheduler
 
     jobs = _bundle_run(
@@ -93,27 +94,42 @@ def test_the_pipeline_makes_the_bundles_images(
         prompts_file=str(prompts_file),
         scheduler_name=scheduler_name,
         num_inference_steps=steps,
-        num_samples=2,
         batch_size=2,
         seed=5,
     )
-    # a prompts file's row k starts at seed + 1000·k, its images at consecutive seeds
-    assert sorted((prompt, seed) for prompt, seed, _ in jobs) == [
-        (PROMPTS[0], 5),
-        (PROMPTS[0], 6),
-        (PROMPTS[1], 1005),
-        (PROMPTS[1], 1006),
-    ]
+    # a prompts file's row k starts at seed + 1000·k
+    assert sorted((prompt, seed) for prompt, seed, _ in jobs) == [(PROMPTS[0], 5), (PROMPTS[1], 1005)]
     ours = torch.stack([torch.load(path, weights_only=True) for _, _, path in jobs])
     use_bundle_scheduler(pipeline, scheduler_name)
     assert type(pipeline.scheduler).__name__ == scheduler_class
     prompts, seeds = [p for p, _, _ in jobs], [s for _, s, _ in jobs]
     theirs = pipeline_images(pipeline, prompts, seeds, steps, 7.0)
-    assert theirs.shape == ours.shape == (4, 1, 64, 64)
+    assert theirs.shape == ours.shape == (2, 1, 64, 64)
     assert (theirs - ours).abs().max() < IMAGE_TOLERANCE
-    # The comparison can fail: the pipeline's image of another seed is another image.
-    other = pipeline_images(pipeline, prompts[:1], [seeds[0] + 100], steps, 7.0)
-    assert (other[0] - ours[0]).abs().max() > 100 * IMAGE_TOLERANCE
+    assert (ours[0] - ours[1]).abs().max() > 100 * IMAGE_TOLERANCE  # the tolerance tells images apart
+
+
+def test_the_bos_eos_null_prompt_goes_in_as_negative_prompt_embeds(pipeline, tiny_model_dir, tmp_path):
+    """The bundle's ``null_prompt: bos_eos`` cannot be typed: its embedding, as the model card says, gives the bundle's
+    image, and the pipeline's own empty negative prompt another one."""
+    from scripts.distribution.diffusers_parity import use_bundle_scheduler
+
+    [(_, _, path)] = _bundle_run(
+        tiny_model_dir, tmp_path / "bos_eos", prompt=PROMPTS[0], seed=4, num_inference_steps=3, null_prompt="bos_eos"
+    )
+    ours = torch.load(path, weights_only=True)
+    use_bundle_scheduler(pipeline, "unipc_karras")
+    with torch.inference_mode():
+        embeds = pipeline.text_encoder(torch.tensor([[49406] + [49407] * 76])).last_hidden_state  # the card's line
+    generator = [torch.Generator().manual_seed(4)]
+    common = {"num_inference_steps": 3, "guidance_scale": 7.0, "output_type": "pt"}
+    theirs = pipeline(PROMPTS[0], negative_prompt_embeds=embeds, generator=generator, **common).images[0]
+    assert (theirs - ours).abs().max() < IMAGE_TOLERANCE
+    assert (
+        pipeline_images(pipeline, [PROMPTS[0]], [4], 3, 7.0, null_prompt="bos_eos")[0] - ours
+    ).abs().max() < IMAGE_TOLERANCE
+    empty = pipeline_images(pipeline, [PROMPTS[0]], [4], 3, 7.0)[0]
+    assert (empty - ours).abs().max() > 100 * IMAGE_TOLERANCE
 
 
 def test_pil_output_is_the_bundles_8_bit_image(pipeline, tiny_model_dir, prompts_file, tmp_path):
