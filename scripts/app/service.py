@@ -25,6 +25,7 @@ from PIL import Image
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path
 from scripts.data.dicom import run_uids
+from scripts.data.limits import MAX_IMAGE_PIXELS, InputLimits
 from scripts.editing.editor import TextGuidedEditor
 from scripts.editing.inputs import LoadEditInputs, check_edit_inputs
 from scripts.editing.jobs import edit_jobs, edit_rows
@@ -156,6 +157,8 @@ class AppService:
         feather_pixels: width of the keep region's blend in edits (configs/edit.json's default).
         scale_factor: the config's (checked as on the command line).
         max_images: most images one request may ask for (>= 1).
+        max_image_pixels: most pixels an uploaded image may declare (checked before it is decoded).
+        max_upload_mb: most megabytes an uploaded file may have.
     """
 
     def __init__(
@@ -171,6 +174,8 @@ class AppService:
         feather_pixels: int = 8,
         scale_factor: float = 0.3,
         max_images: int = 8,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_upload_mb: float | None = None,
     ) -> None:
         if str(output_format).lower() != "png":
             raise SettingsError(
@@ -187,6 +192,10 @@ class AppService:
         self.feather_pixels = as_int(feather_pixels, "--feather_pixels", 0)
         self.scale_factor = scale_factor
         self.max_images = as_int(max_images, "--max_images", 1)
+        self.input_limits = InputLimits(
+            max_pixels=as_int(max_image_pixels, "--max_image_pixels", 1),
+            max_megabytes=None if max_upload_mb is None else float(max_upload_mb),
+        )
 
     # -- checks ------------------------------------------------------------------------------------
     def check_request(self, num_images, num_inference_steps, guidance_scale, scheduler_name) -> dict:
@@ -278,8 +287,8 @@ class AppService:
             seed=seed,
             settings=run_settings,
         )
-        check_edit_inputs(jobs, self.image_size)
-        transform = LoadEditInputs(self.image_size)
+        check_edit_inputs(jobs, self.image_size, self.input_limits)
+        transform = LoadEditInputs(self.image_size, self.input_limits)
         self._run(jobs, output_dir, sampler, run_settings, AppEditWriter, EDIT_MANIFEST_COLUMNS, transform)
         (result,) = self._results(jobs, output_dir)
         job = jobs[0]
