@@ -157,10 +157,11 @@ def settings_table(results: list[dict]) -> list[list]:
     return [[result["row"].get(column, "") for column in SETTINGS_COLUMNS] for result in results]
 
 
-def sampling_inputs(defaults: dict) -> tuple[gr.Number, gr.Number, gr.Dropdown, gr.Number]:
-    """One row of a tab's sampler settings, set to the config's ``defaults``: steps, guidance, scheduler, seed."""
+def sampling_inputs(defaults: dict, prefix: str = "") -> tuple[gr.Number, gr.Number, gr.Dropdown, gr.Number]:
+    """One row of a tab's sampler settings, set to the config's ``defaults``: steps (element id ``<prefix>steps``),
+    guidance, scheduler, seed."""
     with gr.Row():
-        steps = gr.Number(value=defaults["num_inference_steps"], precision=0, label="steps")
+        steps = gr.Number(value=defaults["num_inference_steps"], precision=0, label="steps", elem_id=f"{prefix}steps")
         guidance = gr.Number(value=defaults["guidance_scale"], label="guidance")
         scheduler = gr.Dropdown(sorted(SCHEDULERS), value=defaults["scheduler_name"], label="scheduler")
         seed = gr.Number(value=defaults["seed"], precision=0, label="seed")
@@ -319,11 +320,13 @@ def edit_tab(defaults: dict, prepare_upload, edit) -> None:
         edit_prompt = gr.Textbox(value=defaults["prompt"], label="prompt", elem_id="edit_prompt")
         edit_negative = gr.Textbox(value=defaults["negative_prompt"], label="negative prompt")
         strength = gr.Number(value=defaults["strength"], label="strength (0: keep the image, 1: regenerate it)")
-        edit_steps, edit_guidance, edit_scheduler, edit_seed = sampling_inputs(defaults)
+        edit_steps, edit_guidance, edit_scheduler, edit_seed = sampling_inputs(defaults, prefix="edit_")
         edit_run = gr.Button("Edit", variant="primary", elem_id="edit")
         comparison = gr.Image(label="input | edited | difference", type="filepath", elem_id="comparison")
         edited = gr.Image(label="edited", type="filepath", format="png", elem_id="edited")
-        edit_downloads = gr.File(label="downloads (PNG, DICOM, figure)", file_count="multiple")
+        edit_downloads = gr.File(
+            label="downloads (PNG, DICOM, figure)", file_count="multiple", elem_id="edit_downloads"
+        )
         edit_table = gr.Dataframe(headers=list(SETTINGS_COLUMNS), label="settings", wrap=False)
         upload.upload(prepare_upload, upload, canvas, api_name="prepare_upload")
         edit_run.click(

@@ -2,9 +2,11 @@
 in headless Chromium (Playwright on the system's Chromium), and through Gradio's HTTP API.
 
 One app serves the whole module. Its images must equal the command line's for the same settings; an edit's
-keep region must be the input's; bad settings and bad uploads must show the bundle's message while the app
-keeps serving; eight concurrent clients must each get their images. ``CXR_LDM_UPDATE_SCREENSHOT=1`` copies
-the page's screenshot to docs/images/app.png (the README's picture).
+keep region must be the input's; bad settings and bad or hostile uploads must show the bundle's message, naming
+files as the visitor named them, while the app keeps serving; uploads over ``max_upload_mb`` are refused; every
+download has its own name; the mask canvas shows the prepared radiograph losslessly; ``/health`` answers; eight
+concurrent clients must each get their images; Ctrl-C (SIGINT) stops it cleanly. ``CXR_LDM_UPDATE_SCREENSHOT=1``
+copies the page's screenshot to docs/images/app.png (the README's picture).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ APP_CONFIG = str(BUNDLE_ROOT / "configs" / "app.json")
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = BUNDLE_ROOT / "docs" / "images" / "app.png"
 SIZE = 64  # the tiny overlay's image_size
+#: the module app's upload limit (megabytes): above the hostile test files, below ``_big_file``
+MAX_UPLOAD_MB = 4
 PROMPT = "Small left pleural effusion"
 #: the page's defaults (the tiny overlay's steps; inference.json's guidance, scheduler and seed)
 DEFAULTS = {"seed": 42, "num_inference_steps": 3, "guidance_scale": 7.0, "scheduler_name": "unipc_karras"}
@@ -66,6 +70,7 @@ def app(tiny_model_dir, tmp_path_factory):
         "load_old": False,
         "text_encoder_source": str(tiny_model_dir / "text_encoder"),
         "port": port,
+        "max_upload_mb": MAX_UPLOAD_MB,
     }
     command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, APP_CONFIG], overrides)
     log = open(temporary / "app.log", "w+")  # noqa: SIM115 (read back when the app fails to start)
@@ -87,8 +92,10 @@ def app(tiny_model_dir, tmp_path_factory):
             raise
         finally:
             log.close()
-    assert returncode == 0, (temporary / "app.log").read_text()[-4000:]
+    log_text = (temporary / "app.log").read_text()
+    assert returncode == 0, log_text[-4000:]
     assert not list(temporary.glob("cxr-ldm-app-*")), "the app left its temporary folder behind"
+    assert "SIGINT: stopping" in log_text and "Stopped; temporary files removed." in log_text, log_text[-4000:]
 
 
 def _wait_until_up(url, process, log) -> None:
@@ -160,10 +167,13 @@ def test_page_generates_the_command_lines_image(page, app, tiny_model_dir, tmp_p
 
 
 def test_page_edit_keeps_the_keep_region_and_matches_the_command_line(page, tiny_model_dir, tmp_path):
+    """Also: the canvas shows the radiograph as the edit uses it, to the grey level (a lossless PNG), and the
+    three downloads have three names."""
     image = write_image(tmp_path / "chest.png")
     keep = write_mask(tmp_path / "keep.png", (0, 0, 28, 96))
     page.get_by_role("tab", name="Edit").click()
-    page.locator("#edit_upload input[type=file]").set_input_files(str(image))
+    with page.expect_response(lambda response: "/gradio_api/file=" in response.url) as canvas_background:
+        page.locator("#edit_upload input[type=file]").set_input_files(str(image))
     page.locator("#keep_mask_upload input[type=file]").set_input_files(str(keep))
     page.locator("#keep_mask_upload").get_by_text("keep.png").wait_for()
     page.locator("#edit_prompt textarea").fill(PROMPT)
@@ -179,6 +189,11 @@ def test_page_edit_keeps_the_keep_region_and_matches_the_command_line(page, tiny
     assert (edited[~keep_region] != prepared[~keep_region]).any()
     (from_cli,) = run_edit(tiny_model_dir, tmp_path / "cli", image=str(image), keep_mask=str(keep), prompt=PROMPT)
     np.testing.assert_array_equal(edited, _pixels(from_cli.read_bytes()))
+    shown = _pixels(page.request.get(canvas_background.value.url).body())  # the file the canvas loaded
+    np.testing.assert_array_equal(shown[..., :3], np.repeat(prepared[..., None], 3, axis=-1))
+    names = [link.get_attribute("download") for link in page.locator("#edit_downloads a").all()]
+    stem = Path(from_cli.name).stem
+    assert sorted(names) == sorted([f"{stem}.png", f"{stem}.dcm", f"{stem}_comparison.png"]), names
 
 
 def test_page_shows_the_bundles_message_for_a_non_image(page, tmp_path):
@@ -188,6 +203,28 @@ def test_page_shows_the_bundles_message_for_a_non_image(page, tmp_path):
     page.locator("#edit_upload input[type=file]").set_input_files(str(not_an_image))
     page.get_by_text("is not a readable image").first.wait_for()
     page.get_by_text("use PNG, JPEG or DICOM").first.wait_for()
+
+
+def test_page_names_a_decompression_bomb_as_its_visitor_did(page, hostile_inputs):
+    """A 20000x20000 PNG (2 MB on disk): the bundle's message from the file's header, with the file's own name."""
+    bomb, message = hostile_inputs["bomb.png"]
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit_upload input[type=file]").set_input_files(str(bomb))
+    page.get_by_text(f"Input image 'bomb.png' {message}").first.wait_for()
+    assert "/tmp" not in page.locator("body").inner_text()
+
+
+def _big_file(folder: Path) -> Path:
+    """A file over the module app's upload limit (random bytes named like a radiograph)."""
+    path = folder / "big.png"
+    path.write_bytes(np.random.default_rng(0).bytes(int((MAX_UPLOAD_MB + 1) * 1e6)))
+    return path
+
+
+def test_page_refuses_an_upload_over_max_upload_mb(page, tmp_path):
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit_upload input[type=file]").set_input_files(str(_big_file(tmp_path)))
+    page.get_by_text('File(s) exceed the maximum allowed size of 3.8 Mb: "big.png"').first.wait_for()
 
 
 def _generate(client, seed: int, **changes):
@@ -269,16 +306,72 @@ def test_api_refuses_bad_uploads_with_the_bundles_message(client, tmp_path):
     ct = write_dx(tmp_path / "ct.dcm", np.full((48, 64), 100, dtype=np.uint16), modality="CT")
     frames = write_dx(tmp_path / "frames.dcm", np.full((48, 64), 100, dtype=np.uint16), frames=2)
     wrong_size = write_mask(tmp_path / "wrong.png", (0, 0, 10, 10), size=(50, 50))
-    with pytest.raises(AppError, match="Modality"):
+    with pytest.raises(AppError, match=r"^Input image: 'ct.dcm' is not a radiograph \(Modality CT\)\.$"):
         _edit(client, ct)
-    with pytest.raises(AppError, match="multi-frame"):
+    with pytest.raises(AppError, match="^Input image: 'frames.dcm' is a multi-frame"):
         _edit(client, frames)
-    with pytest.raises(AppError, match="Keep mask .* is 50x50 but image .* is 80x96"):
+    # both files named as uploaded, each once
+    with pytest.raises(AppError, match=r"^Keep mask 'wrong.png' is 50x50 but image 'chest.png' is 80x96: draw"):
         _edit(client, image, keep_mask=wrong_size)
     with pytest.raises(AppError, match=r"--strength must be in \[0, 1\]"):
         _edit(client, image, strength=1.5)
     comparison, edited, downloads, _ = _edit(client, image)  # and the app still serves
     assert [Path(path).suffix for path in downloads] == [".png", ".dcm", ".png"]
+    # each download its own name; the figure is the comparison shown in the page
+    stem = Path(edited).stem
+    assert [Path(path).name for path in downloads] == [f"{stem}.png", f"{stem}.dcm", f"{stem}_comparison.png"]
+    np.testing.assert_array_equal(_pixels(Path(downloads[2]).read_bytes()), _pixels(Path(comparison).read_bytes()))
+
+
+def test_api_refuses_hostile_uploads_naming_them_as_uploaded(client, hostile_inputs, tmp_path):
+    """Bombs, huge declared sizes, truncated and empty files, DICOM without pixels: the bundle's one line with the
+    visitor's file name once and no server path, from the upload handler and as the edit's keep mask."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    for name, (path, message) in hostile_inputs.items():
+        with pytest.raises(AppError) as refused:
+            client.predict(handle_file(str(path)), api_name="/prepare_upload")
+        text = str(refused.value)
+        assert message in text and text.count(name) == 1 and f"'{name}'" in text, text
+        assert "/" not in text.replace("/health", ""), text
+    path, message = hostile_inputs["truncated.dcm"]
+    with pytest.raises(AppError, match=f"^Keep mask: 'truncated.dcm' {message}"):
+        _edit(client, write_image(tmp_path / "chest.png"), keep_mask=path)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 4000000 bytes"):  # the client checks
+        client.predict(handle_file(str(_big_file(tmp_path))), api_name="/prepare_upload")
+
+
+def test_server_refuses_an_upload_over_max_upload_mb(app, tmp_path):
+    """Uploaded by hand (no client-side check): the server's upload route stops reading and answers 413."""
+    import urllib.error
+
+    boundary = "cxr-ldm-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + _big_file(tmp_path).read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{app['url']}gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "File size exceeded maximum allowed size of 4000000 bytes" in refused.value.read().decode()
+
+
+def test_health_answers_a_supervisor(app):
+    import json
+
+    with urllib.request.urlopen(f"{app['url']}health", timeout=30) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "ok", "running": 0, "waiting": 0}
 
 
 def test_eight_concurrent_clients_each_get_their_images(app):
