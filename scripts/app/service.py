@@ -206,6 +206,13 @@ class AppService:
             scheduler_name=scheduler_name,
         )  # fmt: skip
         num_images = as_int(num_images, "number of images", 1)
+        steps = as_int(num_inference_steps, "--num_inference_steps", 1)
+        most_steps = int(self.noise_schedule.get("num_train_timesteps", 1000))
+        if steps > most_steps:
+            raise SettingsError(
+                f"--num_inference_steps must be <= {most_steps} (the model's noise schedule has {most_steps} steps), "
+                f"got {steps}."
+            )
         if num_images > self.max_images:
             raise SettingsError(
                 f"number of images must be <= {self.max_images}, got {num_images}: ask for fewer, or start the app "
@@ -213,7 +220,7 @@ class AppService:
             )
         return {
             "num_images": num_images,
-            "num_inference_steps": as_int(num_inference_steps, "--num_inference_steps", 1),
+            "num_inference_steps": steps,
             "guidance_scale": float(guidance_scale),
             "scheduler": str(scheduler_name).lower(),
         }

@@ -260,6 +260,7 @@ def _call(url: str, api_name: str, data: list) -> str:
     "changes, message",
     [
         ({"num_inference_steps": 0}, "--num_inference_steps must be >= 1, got 0."),
+        ({"num_inference_steps": 5000}, "--num_inference_steps must be <= 1000 (the model's noise schedule has 1000"),
         ({"guidance_scale": float("nan")}, "--guidance_scale must be a finite number, got nan."),
         ({"guidance_scale": float("inf")}, "--guidance_scale must be a finite number, got inf."),
         ({"num_images": 0}, "--num_samples must be >= 1, got 0."),
