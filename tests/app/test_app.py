@@ -15,23 +15,20 @@ import concurrent.futures
 import io
 import os
 import signal
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIGS, TINY_OVERLAYS, bundle_run_command, cli_env, run_inference
+from helpers.app import WAIT_S, start_app
+from helpers.bundle import BUNDLE_ROOT, run_inference
 from helpers.data import write_dx
 from helpers.editing import run_edit, write_image, write_mask
 from scripts.editing.inputs import load_edit_image
 
-APP_CONFIG = str(BUNDLE_ROOT / "configs" / "app.json")
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = BUNDLE_ROOT / "docs" / "images" / "app.png"
 SIZE = 64  # the tiny overlay's image_size
 #: the module app's upload limit (megabytes): above the hostile test files, below ``_big_file``
@@ -39,14 +36,6 @@ MAX_UPLOAD_MB = 4
 PROMPT = "Small left pleural effusion"
 #: the page's defaults (the tiny overlay's steps; inference.json's guidance, scheduler and seed)
 DEFAULTS = {"seed": 42, "num_inference_steps": 3, "guidance_scale": 7.0, "scheduler_name": "unipc_karras"}
-#: upper bound on waiting for the app to start or answer (a guard against hanging, not a speed check)
-WAIT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> bytes:
@@ -63,25 +52,8 @@ def app(tiny_model_dir, tmp_path_factory):
     """The app as its README command starts it (tiny networks overlaid), on a free loopback port; its URL and
     its temporary-files folder. Stopped with Ctrl-C (SIGINT) at the end of the module."""
     temporary = tmp_path_factory.mktemp("app_tmp")
-    port = _free_port()
-    overrides = {
-        "bundle_root": str(BUNDLE_ROOT),
-        "model_dir": str(tiny_model_dir),
-        "load_old": False,
-        "text_encoder_source": str(tiny_model_dir / "text_encoder"),
-        "port": port,
-        "max_upload_mb": MAX_UPLOAD_MB,
-    }
-    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, APP_CONFIG], overrides)
-    log = open(temporary / "app.log", "w+")  # noqa: SIM115 (read back when the app fails to start)
-    # as many threads as this process, whose in-process command-line runs are the reference: float results
-    # then agree to the bit
-    threads = str(torch.get_num_threads())
-    env = {**cli_env(one_thread=False), "OMP_NUM_THREADS": threads, "TMPDIR": str(temporary)}
-    process = subprocess.Popen(command, cwd=BUNDLE_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    process, url, log = start_app(tiny_model_dir, temporary, max_upload_mb=MAX_UPLOAD_MB)
     try:
-        _wait_until_up(url, process, log)
         yield {"url": url, "tmp": temporary}
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: the app stops and removes its temporary folder
@@ -90,43 +62,10 @@ def app(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-        finally:
-            log.close()
-    log_text = (temporary / "app.log").read_text()
+    log_text = log.read_text()
     assert returncode == 0, log_text[-4000:]
     assert not list(temporary.glob("cxr-ldm-app-*")), "the app left its temporary folder behind"
     assert "SIGINT: stopping" in log_text and "Stopped; temporary files removed." in log_text, log_text[-4000:]
-
-
-def _wait_until_up(url, process, log) -> None:
-    import time
-
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"the app exited ({process.returncode}):\n{log.read()[-4000:]}")
-        try:
-            _get(url)
-            return
-        except OSError:
-            time.sleep(0.5)
-    log.seek(0)
-    raise AssertionError(f"the app did not answer within {WAIT_S} s:\n{log.read()[-4000:]}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium of the system (the CI installs it; a missing browser fails, it does not skip)."""
-    assert os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: apt-get update && apt-get install -y chromium chromium-driver (.ci/run does)."
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

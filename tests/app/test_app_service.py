@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -19,31 +18,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIGS, TINY_OVERLAYS, bundle_run_command, cli_env, tiny_parser
+from helpers.app import APP_CONFIG, WAIT_S, free_port, start_app
+from helpers.bundle import tiny_parser
 from scripts.app.access import AppAccessError, check_access, is_loopback, read_auth
 from scripts.app.lifecycle import AppStoppingError, ServiceState, drain, stop_signals
 from scripts.common.errors import root_cause
 from scripts.common.progress import progress
 
-APP_CONFIG = str(BUNDLE_ROOT / "configs" / "app.json")
-CHROMIUM = "/usr/bin/chromium"
 #: logins of the app (a password may hold ':' and spaces)
 USERS = {"alice": "s3cret: with colon", "bob": "pw"}
 #: images and steps of a request that runs until the app stops it (minutes on tiny networks)
 LONG_IMAGES, LONG_STEPS = 8, 1000
-#: upper bound on waiting for the app (a guard against hanging, not a speed check)
-WAIT_S = 180
 STOPPING = "The app is stopping (SIGTERM): this request was not finished; send it again once the app is back."
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _health(url: str) -> tuple[int, dict]:
@@ -69,49 +56,16 @@ def team_app(tiny_model_dir, tmp_path_factory):
     temporary = tmp_path_factory.mktemp("team_app_tmp")
     users = temporary / "users.txt"
     users.write_text("# team logins\n" + "".join(f"{user}:{password}\n" for user, password in USERS.items()))
-    port = _free_port()
-    overrides = {
-        "bundle_root": str(BUNDLE_ROOT),
-        "model_dir": str(tiny_model_dir),
-        "load_old": False,
-        "text_encoder_source": str(tiny_model_dir / "text_encoder"),
-        "port": port,
-        "host": "0.0.0.0",
-        "auth": str(users),
-        "max_queue": 1,
-        "stop_timeout_s": 60,  # an upper bound: the stop itself takes about a second
-    }
-    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, APP_CONFIG], overrides)
-    log = temporary / "app.log"
-    env = {**cli_env(one_thread=False), "OMP_NUM_THREADS": str(torch.get_num_threads()), "TMPDIR": str(temporary)}
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, cwd=BUNDLE_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    # stop_timeout_s is an upper bound: the stop itself takes about a second
+    process, url, log = start_app(
+        tiny_model_dir, temporary, host="0.0.0.0", auth=str(users), max_queue=1, stop_timeout_s=60
+    )
     try:
-        _wait_for(lambda: _reachable(url), "answer to /health", process)
         yield {"url": url, "process": process, "tmp": temporary, "log": log}
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _reachable(url: str) -> bool:
-    try:
-        return _health(url)[0] == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver."
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 def _logged_in_page(browser, url: str, user: str = "alice", password: str = USERS["alice"]):
@@ -249,7 +203,7 @@ def test_the_app_refuses_a_network_host_before_it_loads_or_serves_anything(tmp_p
     assert str(root_cause(refused.value)).startswith("--host 0.0.0.0 opens the app")
     folders = SessionFolders()
     with pytest.raises(AppAccessError, match="^--host 0.0.0.0 opens the app"):
-        serve(None, folders, {}, host="0.0.0.0", port=_free_port(), block=False)
+        serve(None, folders, {}, host="0.0.0.0", port=free_port(), block=False)
     assert folders._temporary_root is None  # nothing was created, nothing listens
     assert tiny_parser(APP_CONFIG, host="0.0.0.0", auth="a:b").get_parsed_content("check_access") == [("a", "b")]
     assert is_loopback("127.0.0.2") and not is_loopback("10.0.0.1")
