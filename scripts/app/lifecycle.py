@@ -112,15 +112,17 @@ def waiting_requests(app) -> int:
     return len(queue) if queue is not None else 0
 
 
-def add_health_route(app, state: ServiceState) -> None:
-    """``GET /health`` on the running Gradio ``app``: ``state.health`` as JSON, without login."""
+def health_route(app, state: ServiceState):
+    """The ``GET /health`` route of the Gradio ``app`` (``state.health`` as JSON, no login), for the web app's
+    routes at launch (``app_kwargs={"routes": [...]}``): it answers as soon as the server does."""
     from fastapi.responses import JSONResponse
+    from fastapi.routing import APIRoute
 
     def health():
         status, body = state.health(waiting_requests(app))
         return JSONResponse(body, status_code=status)
 
-    app.app.add_api_route(HEALTH_PATH, health, methods=["GET"])
+    return APIRoute(HEALTH_PATH, health, methods=["GET"])
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from scripts.app.access import as_bool, check_access
-from scripts.app.lifecycle import ServiceState, add_health_route, serve_until_stopped, stop_signals
+from scripts.app.lifecycle import ServiceState, health_route, serve_until_stopped, stop_signals
 from scripts.app.service import EDITS_DIR, AppService, save_mask
 from scripts.common.errors import CxrLdmError
 from scripts.editing.inputs import load_edit_image
@@ -447,8 +447,8 @@ def serve(
                 allowed_paths=folders.allowed_paths(),
                 prevent_thread_lock=True,
                 footer_links=["api"],
+                app_kwargs={"routes": [health_route(app, state)]},
             )
-            add_health_route(app, state)
             if block:
                 serve_until_stopped(app, folders, state, settings["stop_timeout_s"])
     finally:
