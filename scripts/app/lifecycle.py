@@ -154,6 +154,14 @@ def drain(state: ServiceState, waiting: Callable[[], int], timeout_s: float) -> 
     return True
 
 
+def close_share_links() -> None:
+    """End the tunnels of ``--share`` links (Gradio ends them itself only on a Ctrl-C it catches)."""
+    from gradio.tunneling import CURRENT_TUNNELS
+
+    for tunnel in list(CURRENT_TUNNELS):
+        tunnel.kill()
+
+
 def serve_until_stopped(app, folders, state: ServiceState, stop_timeout_s: float) -> None:
     """Serve until ``state`` is asked to stop (``stop_signals``), then stop as the module docstring says."""
     while not state.stop_requested.wait(0.5):
@@ -167,6 +175,7 @@ def serve_until_stopped(app, folders, state: ServiceState, stop_timeout_s: float
     if idle and state.refused:
         time.sleep(DELIVERY_S)  # the refusals reach their pages before the server closes
     app.close(verbose=False)
+    close_share_links()
     folders.close()
     if not idle and state.running:
         logger.info("A request was still running after %g s: abandoned. Temporary files removed.", stop_timeout_s)
