@@ -25,7 +25,7 @@ from PIL import Image
 
 from helpers.app import WAIT_S, start_app
 from helpers.bundle import BUNDLE_ROOT, run_inference
-from helpers.data import write_dx
+from helpers.data import dciodvfy_findings, write_dx
 from helpers.editing import run_edit, write_image, write_mask
 from scripts.editing.inputs import load_edit_image
 
@@ -240,6 +240,7 @@ def _edit(client, image, keep_mask=None, strength=0.6):
 
 
 def test_api_refuses_bad_uploads_with_the_bundles_message(client, tmp_path):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     image = write_image(tmp_path / "chest.png")
@@ -261,6 +262,11 @@ def test_api_refuses_bad_uploads_with_the_bundles_message(client, tmp_path):
     stem = Path(edited).stem
     assert [Path(path).name for path in downloads] == [f"{stem}.png", f"{stem}.dcm", f"{stem}_comparison.png"]
     np.testing.assert_array_equal(_pixels(Path(downloads[2]).read_bytes()), _pixels(Path(comparison).read_bytes()))
+    # the mask canvas gets the radiograph as the edit uses it, losslessly (PNG, not WebP)
+    canvas = client.predict(handle_file(str(image)), api_name="/prepare_upload")
+    prepared = (load_edit_image(str(image), SIZE)[0][0].numpy() * 255.0).round().astype(np.int32)
+    assert Path(canvas["background"]).suffix == ".png"
+    np.testing.assert_array_equal(_pixels(Path(canvas["background"]).read_bytes())[..., 0], prepared)
 
 
 def test_api_refuses_hostile_uploads_naming_them_as_uploaded(client, hostile_inputs, tmp_path):
@@ -337,6 +343,7 @@ def test_downloads_are_png_and_a_synthetic_dicom(client):
     assert [Path(path).suffix for path in downloads] == [".png", ".dcm", ".png", ".dcm"]
     dicom = pydicom.dcmread(downloads[1])
     assert dicom.ConversionType == "SYN" and dicom.Rows == SIZE
+    assert dciodvfy_findings(downloads[1]) == []  # the standard's validator finds no error or warning
     png = np.asarray(Image.open(downloads[0])).astype(np.int32)
     np.testing.assert_array_equal(np.round(dicom.pixel_array / 65535.0 * 255.0).astype(np.int32), png)
     assert [row[:1] + row[3:] for row in table["data"]] == [

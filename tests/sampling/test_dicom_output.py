@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 
 from helpers.bundle import BUNDLE_ROOT, read_png, run_inference
+from helpers.data import dciodvfy_findings
 from scripts.data.dicom import SECONDARY_CAPTURE_SOP_CLASS, STORED_MAX, read_radiograph
 
 
@@ -136,16 +137,6 @@ def test_instance_numbers_are_unique_across_processes_writing_at_once(tmp_path):
     assert sorted(numbers) == list(range(1, 101))
 
 
-def _validator_findings(path) -> list[str]:
-    """The error and warning lines of dicom3tools' IOD validator on ``path``."""
-    import shutil
-    import subprocess
-
-    assert shutil.which("dciodvfy"), "dciodvfy is missing: apt-get install -y dicom3tools (.ci/run does)."
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
-
-
 def test_generated_and_edited_dicom_pass_the_standards_validator(tiny_model_dir, tmp_path):
     """dicom3tools' dciodvfy finds no error or warning in a generated and an edited object: Body Part Examined
     CHEST, no Laterality (a chest is unpaired; the SC IOD has no Image Laterality), a Study ID."""
@@ -156,7 +147,7 @@ def test_generated_and_edited_dicom_pass_the_standards_validator(tiny_model_dir,
     image = write_image(tmp_path / "chest.png")
     (edited,) = run_edit(tiny_model_dir, tmp_path / "edited", image=str(image), prompt=prompt, output_format="dcm")
     for path in (generated, edited):
-        assert _validator_findings(path) == [], path
+        assert dciodvfy_findings(path) == [], path
         ds = pydicom.dcmread(path)
         assert ds.BodyPartExamined == "CHEST" and "Laterality" not in ds and "ImageLaterality" not in ds
         assert ds.StudyID.startswith("SYN") and ds.StudyID[3:] == ds.StudyInstanceUID.replace(".", "")[-13:]
