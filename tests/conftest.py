@@ -54,3 +54,12 @@ def precision_probe_cache(tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(PRECISION_PROBE_CACHE_ENV, str(path))
         yield path
+
+
+@pytest.fixture(scope="session")
+def hostile_inputs(tmp_path_factory) -> dict:
+    """Unreadable, truncated and oversized uploads (``helpers.editing.write_hostile_inputs``): file name -> (path,
+    what the bundle's message must say)."""
+    from helpers.editing import write_hostile_inputs
+
+    return write_hostile_inputs(tmp_path_factory.mktemp("hostile"))

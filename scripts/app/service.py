@@ -24,6 +24,7 @@ from PIL import Image
 from scripts.common.errors import CxrLdmError
 from scripts.common.files import atomic_path
 from scripts.data.dicom import run_uids
+from scripts.data.limits import MAX_IMAGE_PIXELS, InputLimits
 from scripts.editing.editor import TextGuidedEditor
 from scripts.editing.inputs import LoadEditInputs, check_edit_inputs
 from scripts.editing.jobs import edit_jobs, edit_rows
@@ -96,6 +97,8 @@ class AppService:
         image_size: side of generated and edited images (pixels).
         scale_factor: the config's (checked as on the command line).
         max_images: most images one request may ask for (>= 1).
+        max_image_pixels: most pixels an uploaded image may declare (checked before it is decoded).
+        max_upload_mb: most megabytes an uploaded file may have.
     """
 
     def __init__(
@@ -111,6 +114,8 @@ class AppService:
         image_size: int = 512,
         scale_factor: float = 0.3,
         max_images: int = 8,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_upload_mb: float | None = None,
     ) -> None:
         if str(output_format).lower() != "png":
             raise SettingsError(
@@ -127,6 +132,10 @@ class AppService:
         self.image_size = as_int(image_size, "--image_size", 8)
         self.scale_factor = scale_factor
         self.max_images = as_int(max_images, "--max_images", 1)
+        self.input_limits = InputLimits(
+            max_pixels=as_int(max_image_pixels, "--max_image_pixels", 1),
+            max_megabytes=None if max_upload_mb is None else float(max_upload_mb),
+        )
 
     # -- checks ------------------------------------------------------------------------------------
     def check_request(self, num_images, num_inference_steps, guidance_scale, scheduler_name) -> dict:
@@ -137,6 +146,13 @@ class AppService:
             scheduler_name=scheduler_name,
         )  # fmt: skip
         num_images = as_int(num_images, "number of images", 1)
+        steps = as_int(num_inference_steps, "--num_inference_steps", 1)
+        most_steps = int(self.noise_schedule.get("num_train_timesteps", 1000))
+        if steps > most_steps:
+            raise SettingsError(
+                f"--num_inference_steps must be <= {most_steps} (the model's noise schedule has {most_steps} steps), "
+                f"got {steps}."
+            )
         if num_images > self.max_images:
             raise SettingsError(
                 f"number of images must be <= {self.max_images}, got {num_images}: ask for fewer, or start the app "
@@ -144,7 +160,7 @@ class AppService:
             )
         return {
             "num_images": num_images,
-            "num_inference_steps": as_int(num_inference_steps, "--num_inference_steps", 1),
+            "num_inference_steps": steps,
             "guidance_scale": float(guidance_scale),
             "scheduler": str(scheduler_name).lower(),
         }
@@ -222,8 +238,8 @@ class AppService:
             seed=seed,
             settings=settings,
         )
-        check_edit_inputs(jobs, self.image_size)
-        transform = LoadEditInputs(self.image_size)
+        check_edit_inputs(jobs, self.image_size, self.input_limits)
+        transform = LoadEditInputs(self.image_size, self.input_limits)
         self._run(jobs, output_dir, editor, settings, AppEditWriter, EDIT_MANIFEST_COLUMNS, transform)
         (result,) = self._results(jobs, output_dir)
         job = jobs[0]

@@ -12,8 +12,13 @@ Writing (``synthetic_secondary_capture``) builds a Secondary Capture Image (high
 Type is ``SYN`` (synthetic image), Image Type ``DERIVED\\SECONDARY``, MONOCHROME2, 16 bits: the model's
 float output in [0, 1] is stored as round(65535 · x), 256 times finer than an 8-bit PNG (a PNG value is
 round(255 · x)), with a full-range window for viewers. Text is UTF-8 (Specific Character Set ``ISO_IR 192``),
-so prompts in any script round-trip; Instance Numbers are unique within an output folder's series
-(``next_instance_number``).
+so prompts in any script round-trip and read as typed (the settings' JSON keeps them unescaped); Instance
+Numbers are unique within an output folder's series (``next_instance_number``). Body Part Examined is
+``CHEST``; a chest is unpaired, so Laterality is absent; Study ID derives from the Study Instance UID. The
+objects pass dicom3tools' ``dciodvfy`` without an error or warning.
+
+Reading checks the pixels Rows × Columns declare, and the inflated size of a deflated data set, against
+``scripts.data.limits.InputLimits`` before decoding.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import zlib
 
 import numpy as np
 
 from scripts.common.errors import CxrLdmError
+from scripts.data.limits import InputLimits, InputTooLargeError, check_pixel_count
 
 #: Modalities whose objects are projection radiographs.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "DR", "OT")
@@ -35,6 +42,8 @@ STORED_MAX = 65535
 SYNTHETIC_PATIENT_NAME = "SYNTHETIC^CXR-LDM"
 #: Specific Character Set of every written object: UTF-8, so prompts in any script survive.
 CHARACTER_SET = "ISO_IR 192"
+#: Body Part Examined (0018,0015) of every written image: the defined term of a chest radiograph.
+BODY_PART = "CHEST"
 #: Hidden file in an output folder holding the last Instance Number given out in its series.
 INSTANCE_COUNTER = ".dicom_instance_number"
 
@@ -43,24 +52,55 @@ class DicomError(CxrLdmError, ValueError):
     """A DICOM file that cannot be read as one radiograph; the message says why and, where it can, the fix."""
 
 
-def read_dataset(path: str, header_only: bool = False):
-    """The pydicom dataset of ``path`` (without the pixel data when ``header_only``)."""
+def read_dataset(path: str, header_only: bool = False, limits: InputLimits | None = None):
+    """The pydicom dataset of ``path`` (without the pixel data when ``header_only``).
+
+    A deflated data set (whose whole body is zlib-compressed, and which pydicom inflates in memory at once) is
+    first inflated chunk by chunk and refused beyond ``limits.max_decoded_bytes`` (default ``InputLimits()``).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
+        _check_inflated_size(path, limits or InputLimits())
         return pydicom.dcmread(os.fspath(path), stop_before_pixels=header_only)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
+    except (InvalidDicomError, OSError, ValueError, EOFError, zlib.error) as error:
+        if isinstance(error, InputTooLargeError):
+            raise
         raise DicomError(f"'{path}' is not a readable DICOM file ({type(error).__name__}).") from None
 
 
-def _pixels(ds, path: str) -> np.ndarray:
+def _check_inflated_size(path: str, limits: InputLimits) -> None:
+    """``InputTooLargeError`` when ``path`` is a deflated DICOM file whose data set inflates beyond the limit."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    with open(path, "rb") as file:
+        if file.read(132)[128:132] != b"DICM":
+            return  # no file meta information: not deflated (pydicom reads such files as plain data sets)
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        # the data set follows the preamble, the magic and the meta group (its length element is 12 bytes)
+        file.seek(132 + 12 + int(meta.FileMetaInformationGroupLength))
+        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := inflater.unconsumed_tail or file.read(1 << 20):
+            inflated += len(inflater.decompress(chunk, 1 << 24))
+            if inflated > limits.max_decoded_bytes:
+                raise InputTooLargeError(
+                    f"'{path}' is deflated and inflates to more than {limits.max_decoded_bytes / 1e6:.0f} MB, more "
+                    f"than an image of {limits.max_pixels / 1e6:g} million pixels needs: export it uncompressed."
+                )
+
+
+def _pixels(ds, path: str, limits: InputLimits) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomError(f"'{path}' has no pixel data (a DICOM object without an image).")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomError(f"'{path}' is a multi-frame object ({ds.NumberOfFrames} frames), not one radiograph.")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(f"'{path}' is a colour image ({ds.get('PhotometricInterpretation')}), not a radiograph.")
+    check_pixel_count(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), limits)  # before decoding
     try:
         return ds.pixel_array
     except (RuntimeError, NotImplementedError, ValueError) as error:
@@ -73,29 +113,34 @@ def _pixels(ds, path: str) -> np.ndarray:
         raise DicomError(f"'{path}' pixel data cannot be decoded ({str(error).splitlines()[0]}).") from None
 
 
-def read_radiograph(path: str, view_positions: tuple[str, ...] | None = None) -> np.ndarray:
+def read_radiograph(
+    path: str, view_positions: tuple[str, ...] | None = None, limits: InputLimits | None = None
+) -> np.ndarray:
     """One radiograph of a DICOM file as float64 (H, W) in [0, 1], 1 = white, rows as stored.
 
     Args:
         path: DICOM file.
         view_positions: when given, the View Position tag (if present) must be one of these (e.g.
             ``("PA", "AP")`` for frontal views).
+        limits: most pixels (from Rows and Columns, before decoding) and inflated bytes; default ``InputLimits()``.
 
     Raises:
         DicomError: unreadable file, no pixel data, multi-frame, colour, not a radiograph (Modality), another
             view, or compressed data without an installed decoder.
+        InputTooLargeError: more pixels than ``limits`` allow.
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     path = os.fspath(path)
-    ds = read_dataset(path)
+    limits = limits or InputLimits()
+    ds = read_dataset(path, limits=limits)
     modality = str(ds.get("Modality", "")).upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         raise DicomError(f"'{path}' is not a radiograph (Modality {modality}).")
     view = str(ds.get("ViewPosition", "") or "").upper()
     if view_positions and view and view not in {v.upper() for v in view_positions}:
         raise DicomError(f"'{path}' is a {view} view, not one of {list(view_positions)}.")
-    values = apply_modality_lut(_pixels(ds, path), ds).astype(np.float64)
+    values = apply_modality_lut(_pixels(ds, path, limits), ds).astype(np.float64)
     if _has_voi_lut_sequence(ds, path):
         values, (low, high) = _apply_voi_lut_sequence(values, ds)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
@@ -184,6 +229,11 @@ def run_uids(output_dir: str) -> tuple[str, str]:
 
     folder = os.path.abspath(os.fspath(output_dir))
     return generate_uid(entropy_srcs=[folder, "study"]), generate_uid(entropy_srcs=[folder, "series"])
+
+
+def study_id(study_uid: str) -> str:
+    """Study ID (0020,0010, at most 16 characters) of a study: ``SYN`` and the last 13 digits of its UID."""
+    return "SYN" + study_uid.replace(".", "")[-13:]
 
 
 def next_instance_number(folder: str) -> int:
@@ -276,7 +326,14 @@ def synthetic_secondary_capture(
     ds.SoftwareVersions = str(software_version)
     ds.ManufacturerModelName = "cxr-ldm latent diffusion"
     ds.BurnedInAnnotation = "NO"
-    ds.ImageComments = "SYNTHETIC IMAGE generated by cxr-ldm. " + json.dumps(settings, sort_keys=True, default=str)
+    # a chest is not a paired body part: Laterality (0020,0060) stays absent, as the General Series module asks
+    # of unpaired parts (the SC IOD has no Image Laterality)
+    ds.BodyPartExamined = BODY_PART
+    ds.StudyID = study_id(study_uid)
+    # the text as typed (UTF-8, Specific Character Set ISO_IR 192), not as \u escapes
+    ds.ImageComments = "SYNTHETIC IMAGE generated by cxr-ldm. " + json.dumps(
+        settings, sort_keys=True, default=str, ensure_ascii=False
+    )
     ds.DerivationDescription = f"Generated from text by cxr-ldm {software_version}: {prompt}"[:1024]
     ds.WindowCenter = STORED_MAX / 2
     ds.WindowWidth = STORED_MAX + 1

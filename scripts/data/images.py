@@ -9,6 +9,8 @@ prepared exactly as in training (orientation fixed, centre crop at ``image_size`
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 
 from scripts.data.dicom import is_dicom, read_radiograph
+from scripts.data.limits import InputLimits, InputTooLargeError, check_file_size, check_pixel_count, too_many_pixels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pt", ".dcm")
 
@@ -44,20 +47,37 @@ def load_image_file(path: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))[None]
 
 
-def load_grey(source: str, view_positions: tuple[str, ...] | None = None) -> Image.Image:
+def load_grey(
+    source: str, view_positions: tuple[str, ...] | None = None, limits: InputLimits | None = None
+) -> Image.Image:
     """An 8-bit grayscale image of ``source``: a JPEG/PNG (8- or 16-bit) or a DICOM radiograph.
 
     16-bit PNGs rarely fill their container: their own range is stretched to 8 bits. DICOM files go through
     their Modality and VOI LUTs (``scripts.data.dicom.read_radiograph``, which also applies
-    ``view_positions``); both then become round(255 · x).
+    ``view_positions``); both then become round(255 · x). ``limits`` (default ``InputLimits()``) bound the
+    file's bytes and the pixels its header declares, checked before anything is decoded.
 
     Raises:
         DicomError: a DICOM file that is not one usable radiograph.
+        InputTooLargeError: a file over ``limits``.
         OSError / ValueError: an unreadable or unsupported image file.
     """
+    limits = limits or InputLimits()
+    check_file_size(source, limits)
     if is_dicom(source):
-        return Image.fromarray(np.round(read_radiograph(source, view_positions) * 255.0).astype(np.uint8), mode="L")
-    with Image.open(source) as image:
+        values = read_radiograph(source, view_positions, limits)
+        return Image.fromarray(np.round(values * 255.0).astype(np.uint8), mode="L")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 million pixels on: the bundle's own limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except Image.DecompressionBombError as error:  # far beyond the limit: Pillow refuses it from the header
+        count = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(count.group(1)) / 1e6:g} million pixels" if count else "more pixels than Pillow decodes"
+        raise InputTooLargeError(too_many_pixels(source, size, limits)) from None
+    with image:
+        check_pixel_count(source, *image.size, limits)  # from the header: nothing decoded yet
         image.load()
         if image.mode not in ("L", "I;16", "I", "RGB", "RGBA", "P", "LA"):
             raise ValueError(f"unsupported image mode {image.mode}")

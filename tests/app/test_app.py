@@ -2,9 +2,11 @@
 in headless Chromium (Playwright on the system's Chromium), and through Gradio's HTTP API.
 
 One app serves the whole module. Its images must equal the command line's for the same settings; an edit's
-keep region must be the input's; bad settings and bad uploads must show the bundle's message while the app
-keeps serving; eight concurrent clients must each get their images. ``CXR_LDM_UPDATE_SCREENSHOT=1`` copies
-the page's screenshot to docs/images/app.png (the README's picture).
+keep region must be the input's; bad settings and bad or hostile uploads must show the bundle's message, naming
+files as the visitor named them, while the app keeps serving; uploads over ``max_upload_mb`` are refused; every
+download has its own name; the mask canvas shows the prepared radiograph losslessly; ``/health`` answers; eight
+concurrent clients must each get their images; Ctrl-C (SIGINT) stops it cleanly. ``CXR_LDM_UPDATE_SCREENSHOT=1``
+copies the page's screenshot to docs/images/app.png (the README's picture).
 """
 
 from __future__ import annotations
@@ -13,37 +15,27 @@ import concurrent.futures
 import io
 import os
 import signal
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from helpers.bundle import BUNDLE_ROOT, INFERENCE_CONFIGS, TINY_OVERLAYS, bundle_run_command, cli_env, run_inference
-from helpers.data import write_dx
+from helpers.app import WAIT_S, start_app
+from helpers.bundle import BUNDLE_ROOT, run_inference
+from helpers.data import dciodvfy_findings, write_dx
 from helpers.editing import run_edit, write_image, write_mask
 from scripts.editing.inputs import load_edit_image
 
-#: the app is an overlay of inference and edit
-APP_CONFIGS = (str(BUNDLE_ROOT / "configs" / "edit.json"), str(BUNDLE_ROOT / "configs" / "app.json"))
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = BUNDLE_ROOT / "docs" / "images" / "app.png"
 SIZE = 64  # the tiny overlay's image_size
+#: the module app's upload limit (megabytes): above the hostile test files, below ``_big_file``
+MAX_UPLOAD_MB = 4
 PROMPT = "Small left pleural effusion"
 #: the page's defaults (the tiny overlay's steps; inference.json's guidance, scheduler and seed)
 DEFAULTS = {"seed": 42, "num_inference_steps": 3, "guidance_scale": 7.0, "scheduler_name": "unipc_karras"}
-#: upper bound on waiting for the app to start or answer (a guard against hanging, not a speed check)
-WAIT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> bytes:
@@ -60,24 +52,8 @@ def app(tiny_model_dir, tmp_path_factory):
     """The app as its README command starts it (tiny networks overlaid), on a free loopback port; its URL and
     its temporary-files folder. Stopped with Ctrl-C (SIGINT) at the end of the module."""
     temporary = tmp_path_factory.mktemp("app_tmp")
-    port = _free_port()
-    overrides = {
-        "bundle_root": str(BUNDLE_ROOT),
-        "model_dir": str(tiny_model_dir),
-        "load_old": False,
-        "text_encoder_source": str(tiny_model_dir / "text_encoder"),
-        "port": port,
-    }
-    command = bundle_run_command([*INFERENCE_CONFIGS, *TINY_OVERLAYS, *APP_CONFIGS], overrides)
-    log = open(temporary / "app.log", "w+")  # noqa: SIM115 (read back when the app fails to start)
-    # as many threads as this process, whose in-process command-line runs are the reference: float results
-    # then agree to the bit
-    threads = str(torch.get_num_threads())
-    env = {**cli_env(one_thread=False), "OMP_NUM_THREADS": threads, "TMPDIR": str(temporary)}
-    process = subprocess.Popen(command, cwd=BUNDLE_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    process, url, log = start_app(tiny_model_dir, temporary, max_upload_mb=MAX_UPLOAD_MB)
     try:
-        _wait_until_up(url, process, log)
         yield {"url": url, "tmp": temporary}
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: the app stops and removes its temporary folder
@@ -86,41 +62,10 @@ def app(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-        finally:
-            log.close()
-    assert returncode == 0, (temporary / "app.log").read_text()[-4000:]
+    log_text = log.read_text()
+    assert returncode == 0, log_text[-4000:]
     assert not list(temporary.glob("cxr-ldm-app-*")), "the app left its temporary folder behind"
-
-
-def _wait_until_up(url, process, log) -> None:
-    import time
-
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"the app exited ({process.returncode}):\n{log.read()[-4000:]}")
-        try:
-            _get(url)
-            return
-        except OSError:
-            time.sleep(0.5)
-    log.seek(0)
-    raise AssertionError(f"the app did not answer within {WAIT_S} s:\n{log.read()[-4000:]}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium of the system (the CI installs it; a missing browser fails, it does not skip)."""
-    assert os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: apt-get update && apt-get install -y chromium chromium-driver (.ci/run does)."
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
+    assert "SIGINT: stopping" in log_text and "Stopped; temporary files removed." in log_text, log_text[-4000:]
 
 
 @pytest.fixture
@@ -161,10 +106,13 @@ def test_page_generates_the_command_lines_image(page, app, tiny_model_dir, tmp_p
 
 
 def test_page_edit_keeps_the_keep_region_and_matches_the_command_line(page, tiny_model_dir, tmp_path):
+    """Also: the canvas shows the radiograph as the edit uses it, to the grey level (a lossless PNG), and the
+    three downloads have three names."""
     image = write_image(tmp_path / "chest.png")
     keep = write_mask(tmp_path / "keep.png", (0, 0, 28, 96))
     page.get_by_role("tab", name="Edit").click()
-    page.locator("#edit_upload input[type=file]").set_input_files(str(image))
+    with page.expect_response(lambda response: "/gradio_api/file=" in response.url) as canvas_background:
+        page.locator("#edit_upload input[type=file]").set_input_files(str(image))
     page.locator("#keep_mask_upload input[type=file]").set_input_files(str(keep))
     page.locator("#keep_mask_upload").get_by_text("keep.png").wait_for()
     page.locator("#edit_prompt textarea").fill(PROMPT)
@@ -180,6 +128,11 @@ def test_page_edit_keeps_the_keep_region_and_matches_the_command_line(page, tiny
     assert (edited[~keep_region] != prepared[~keep_region]).any()
     (from_cli,) = run_edit(tiny_model_dir, tmp_path / "cli", image=str(image), keep_mask=str(keep), prompt=PROMPT)
     np.testing.assert_array_equal(edited, _pixels(from_cli.read_bytes()))
+    shown = _pixels(page.request.get(canvas_background.value.url).body())  # the file the canvas loaded
+    np.testing.assert_array_equal(shown[..., :3], np.repeat(prepared[..., None], 3, axis=-1))
+    names = [link.get_attribute("download") for link in page.locator("#edit_downloads a").all()]
+    stem = Path(from_cli.name).stem
+    assert sorted(names) == sorted([f"{stem}.png", f"{stem}.dcm", f"{stem}_comparison.png"]), names
 
 
 def test_page_shows_the_bundles_message_for_a_non_image(page, tmp_path):
@@ -189,6 +142,28 @@ def test_page_shows_the_bundles_message_for_a_non_image(page, tmp_path):
     page.locator("#edit_upload input[type=file]").set_input_files(str(not_an_image))
     page.get_by_text("is not a readable image").first.wait_for()
     page.get_by_text("use PNG, JPEG or DICOM").first.wait_for()
+
+
+def test_page_names_a_decompression_bomb_as_its_visitor_did(page, hostile_inputs):
+    """A 20000x20000 PNG (2 MB on disk): the bundle's message from the file's header, with the file's own name."""
+    bomb, message = hostile_inputs["bomb.png"]
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit_upload input[type=file]").set_input_files(str(bomb))
+    page.get_by_text(f"Input image 'bomb.png' {message}").first.wait_for()
+    assert "/tmp" not in page.locator("body").inner_text()
+
+
+def _big_file(folder: Path) -> Path:
+    """A file over the module app's upload limit (random bytes named like a radiograph)."""
+    path = folder / "big.png"
+    path.write_bytes(np.random.default_rng(0).bytes(int((MAX_UPLOAD_MB + 1) * 1e6)))
+    return path
+
+
+def test_page_refuses_an_upload_over_max_upload_mb(page, tmp_path):
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit_upload input[type=file]").set_input_files(str(_big_file(tmp_path)))
+    page.get_by_text('File(s) exceed the maximum allowed size of 3.8 Mb: "big.png"').first.wait_for()
 
 
 def _generate(client, seed: int, **changes):
@@ -224,6 +199,7 @@ def _call(url: str, api_name: str, data: list) -> str:
     "changes, message",
     [
         ({"num_inference_steps": 0}, "--num_inference_steps must be >= 1, got 0."),
+        ({"num_inference_steps": 5000}, "--num_inference_steps must be <= 1000 (the model's noise schedule has 1000"),
         ({"guidance_scale": float("nan")}, "--guidance_scale must be a finite number, got nan."),
         ({"guidance_scale": float("inf")}, "--guidance_scale must be a finite number, got inf."),
         ({"num_images": 0}, "--num_samples must be >= 1, got 0."),
@@ -264,22 +240,84 @@ def _edit(client, image, keep_mask=None, strength=0.6):
 
 
 def test_api_refuses_bad_uploads_with_the_bundles_message(client, tmp_path):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     image = write_image(tmp_path / "chest.png")
     ct = write_dx(tmp_path / "ct.dcm", np.full((48, 64), 100, dtype=np.uint16), modality="CT")
     frames = write_dx(tmp_path / "frames.dcm", np.full((48, 64), 100, dtype=np.uint16), frames=2)
     wrong_size = write_mask(tmp_path / "wrong.png", (0, 0, 10, 10), size=(50, 50))
-    with pytest.raises(AppError, match="Modality"):
+    with pytest.raises(AppError, match=r"^Input image: 'ct.dcm' is not a radiograph \(Modality CT\)\.$"):
         _edit(client, ct)
-    with pytest.raises(AppError, match="multi-frame"):
+    with pytest.raises(AppError, match="^Input image: 'frames.dcm' is a multi-frame"):
         _edit(client, frames)
-    with pytest.raises(AppError, match="Keep mask .* is 50x50 but image .* is 80x96"):
+    # both files named as uploaded, each once
+    with pytest.raises(AppError, match=r"^Keep mask 'wrong.png' is 50x50 but image 'chest.png' is 80x96: draw"):
         _edit(client, image, keep_mask=wrong_size)
     with pytest.raises(AppError, match=r"--strength must be in \[0, 1\]"):
         _edit(client, image, strength=1.5)
     comparison, edited, downloads, _ = _edit(client, image)  # and the app still serves
     assert [Path(path).suffix for path in downloads] == [".png", ".dcm", ".png"]
+    # each download its own name; the figure is the comparison shown in the page
+    stem = Path(edited).stem
+    assert [Path(path).name for path in downloads] == [f"{stem}.png", f"{stem}.dcm", f"{stem}_comparison.png"]
+    np.testing.assert_array_equal(_pixels(Path(downloads[2]).read_bytes()), _pixels(Path(comparison).read_bytes()))
+    # the mask canvas gets the radiograph as the edit uses it, losslessly (PNG, not WebP)
+    canvas = client.predict(handle_file(str(image)), api_name="/prepare_upload")
+    prepared = (load_edit_image(str(image), SIZE)[0][0].numpy() * 255.0).round().astype(np.int32)
+    assert Path(canvas["background"]).suffix == ".png"
+    np.testing.assert_array_equal(_pixels(Path(canvas["background"]).read_bytes())[..., 0], prepared)
+
+
+def test_api_refuses_hostile_uploads_naming_them_as_uploaded(client, hostile_inputs, tmp_path):
+    """Bombs, huge declared sizes, truncated and empty files, DICOM without pixels: the bundle's one line with the
+    visitor's file name once and no server path, from the upload handler and as the edit's keep mask."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    for name, (path, message) in hostile_inputs.items():
+        with pytest.raises(AppError) as refused:
+            client.predict(handle_file(str(path)), api_name="/prepare_upload")
+        text = str(refused.value)
+        assert message in text and text.count(name) == 1 and f"'{name}'" in text, text
+        assert "/" not in text.replace("/health", ""), text
+    path, message = hostile_inputs["truncated.dcm"]
+    with pytest.raises(AppError, match=f"^Keep mask: 'truncated.dcm' {message}"):
+        _edit(client, write_image(tmp_path / "chest.png"), keep_mask=path)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 4000000 bytes"):  # the client checks
+        client.predict(handle_file(str(_big_file(tmp_path))), api_name="/prepare_upload")
+
+
+def test_server_refuses_an_upload_over_max_upload_mb(app, tmp_path):
+    """Uploaded by hand (no client-side check): the server's upload route stops reading and answers 413."""
+    import urllib.error
+
+    boundary = "cxr-ldm-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + _big_file(tmp_path).read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{app['url']}gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "File size exceeded maximum allowed size of 4000000 bytes" in refused.value.read().decode()
+
+
+def test_health_answers_a_supervisor(app):
+    import json
+
+    with urllib.request.urlopen(f"{app['url']}health", timeout=30) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "ok", "running": 0, "waiting": 0}
 
 
 def test_eight_concurrent_clients_each_get_their_images(app):
@@ -305,6 +343,7 @@ def test_downloads_are_png_and_a_synthetic_dicom(client):
     assert [Path(path).suffix for path in downloads] == [".png", ".dcm", ".png", ".dcm"]
     dicom = pydicom.dcmread(downloads[1])
     assert dicom.ConversionType == "SYN" and dicom.Rows == SIZE
+    assert dciodvfy_findings(downloads[1]) == []  # the standard's validator finds no error or warning
     png = np.asarray(Image.open(downloads[0])).astype(np.int32)
     np.testing.assert_array_equal(np.round(dicom.pixel_array / 65535.0 * 255.0).astype(np.int32), png)
     assert [row[:1] + row[3:] for row in table["data"]] == [

@@ -289,6 +289,30 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, message, tiny_model_d
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+HOSTILE = ("bomb.png", "huge_header.png", "truncated.png", "truncated.jpg", "empty.png", "no_pixels.dcm",
+           "truncated.dcm", "huge.dcm", "deflated.dcm")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, role", [(name, "image") for name in HOSTILE] + [("bomb.png", "keep_mask"), ("no_pixels.dcm", "edit_mask")]
+)
+def test_hostile_files_give_one_line_naming_them_once_and_write_nothing(
+    name, role, hostile_inputs, tiny_model_dir, tmp_path, inputs
+):
+    """Decompression bombs, huge declared sizes (refused from the header: the 12000x12000 PNG has no pixel data
+    to decode), truncated and empty files, DICOM without pixels: the one-line message, with the file once."""
+    path, message = hostile_inputs[name]
+    overrides = {"image": str(inputs["image"]), role: str(path)}
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as info:
+        run_edit(tiny_model_dir, out, **overrides)
+    text = str(root_cause(info.value))
+    assert message in text and len(text.splitlines()) == 1, text
+    what = {"image": "Input image", "keep_mask": "Keep mask", "edit_mask": "Edit mask"}[role]
+    assert text.startswith(what) and text.count(name) == 1, text
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
 def test_cli_edit_error_ends_with_the_one_line_message(tiny_model_dir, tmp_path, inputs):
     files = [*INFERENCE_CONFIGS, *TINY_OVERLAYS, EDIT_CONFIG]
     overrides = tiny_run_settings(tiny_model_dir, tmp_path / "out", image=str(inputs["image"]), strength=2)

@@ -72,3 +72,14 @@ def write_dx(path, pixels=None, photometric="MONOCHROME2", bits=12, view="PA", m
         ds.PixelData = np.repeat(pixels[None], frames, axis=0).astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return str(path)
+
+
+def dciodvfy_findings(path) -> list[str]:
+    """The error and warning lines of dicom3tools' IOD validator ``dciodvfy`` on ``path`` (a missing validator
+    fails: the CI installs it)."""
+    import shutil
+    import subprocess
+
+    assert shutil.which("dciodvfy"), "dciodvfy is missing: apt-get install -y dicom3tools (.ci/run does)."
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]

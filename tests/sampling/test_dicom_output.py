@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 
 from helpers.bundle import BUNDLE_ROOT, read_png, run_inference
+from helpers.data import dciodvfy_findings
 from scripts.data.dicom import SECONDARY_CAPTURE_SOP_CLASS, STORED_MAX, read_radiograph
 
 
@@ -84,6 +85,9 @@ def test_non_ascii_text_round_trips_through_every_written_text_attribute(tmp_pat
     assert ds.DerivationDescription.endswith(prompt)
     written = json.loads(ds.ImageComments.split(". ", 1)[1])
     assert written["prompt"] == prompt and written["negative_prompt"] == "Léger — ふつう"
+    # a viewer shows the settings as typed: the text itself in the comments (in the file's UTF-8), no \u escapes
+    assert f'"prompt": "{prompt}"' in ds.ImageComments and "\\u" not in ds.ImageComments
+    assert '"negative_prompt": "Léger — ふつう"'.encode() in path.read_bytes()
     # every text element reads back as it was set: nothing replaced by '?'
     for element in ds.iterall():
         if element.VR in ("LO", "LT", "SH", "ST", "UT", "PN", "CS") and element.value:
@@ -131,3 +135,20 @@ def test_instance_numbers_are_unique_across_processes_writing_at_once(tmp_path):
     with multiprocessing.get_context("fork").Pool(4) as pool:
         numbers = [n for chunk in pool.starmap(_allocate, [(str(tmp_path), 25)] * 4) for n in chunk]
     assert sorted(numbers) == list(range(1, 101))
+
+
+def test_generated_and_edited_dicom_pass_the_standards_validator(tiny_model_dir, tmp_path):
+    """dicom3tools' dciodvfy finds no error or warning in a generated and an edited object: Body Part Examined
+    CHEST, no Laterality (a chest is unpaired; the SC IOD has no Image Laterality), a Study ID."""
+    from helpers.editing import run_edit, write_image
+
+    prompt = "Épanchement pleural droit — 胸水"
+    (generated,) = run_inference(tiny_model_dir, tmp_path / "generated", output_format="dcm", prompt=prompt)
+    image = write_image(tmp_path / "chest.png")
+    (edited,) = run_edit(tiny_model_dir, tmp_path / "edited", image=str(image), prompt=prompt, output_format="dcm")
+    for path in (generated, edited):
+        assert dciodvfy_findings(path) == [], path
+        ds = pydicom.dcmread(path)
+        assert ds.BodyPartExamined == "CHEST" and "Laterality" not in ds and "ImageLaterality" not in ds
+        assert ds.StudyID.startswith("SYN") and ds.StudyID[3:] == ds.StudyInstanceUID.replace(".", "")[-13:]
+        assert prompt in ds.ImageComments
