@@ -96,9 +96,8 @@ def _tables(summary: Mapping, filters: Sequence) -> list[str]:
     total = summary["num_images"]
     lines = ["| filter | rejected | rejection rate | score and threshold |", "| --- | --- | --- | --- |"]
     for entry in summary["filters"]:
-        lines.append(
-            f"| {entry['name']} | {entry['rejected']} | {entry['rejection_rate']:.1%} | {entry['threshold']} |"
-        )
+        threshold = entry["threshold"].replace("|", "\\|")  # a table cell
+        lines.append(f"| {entry['name']} | {entry['rejected']} | {entry['rejection_rate']:.1%} | {threshold} |")
     heads = ["finding", "all images", *[f"after {f.name}" for f in filters], "accepted (train)"]
     lines += ["", f"Images positive for each finding (of {total}), before and after each filter:", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
