@@ -130,3 +130,33 @@ class NetworkLabelClassifier:
         self.load()
         x = classifier_input(images.to(self.device), self.image_size)
         return torch.sigmoid(self.network(x).float()).cpu()
+
+
+class NetworkFeatures:
+    """The pooled last feature maps of a ``NetworkLabelClassifier``'s network (a MONAI DenseNet's ``features``), as
+    a feature extractor for the memorisation filter: (B, 1, H, W) in [0, 1] -> (B, D) float32 on the CPU.
+
+    For models without pretrained RAD-DINO or torchxrayvision weights at hand (e.g. one trained on the synthetic
+    MIMIC-format data), a classifier trained on the same image domain gives features in which near-copies stand out.
+    """
+
+    name = "classifier"
+
+    def __init__(self, classifier: NetworkLabelClassifier) -> None:
+        self.classifier = classifier
+        self.random_weights = not classifier.weights_path or os.fspath(classifier.weights_path) == "random"
+        self.weights_source = f"{type(classifier.network).__name__} ({classifier.weights_path})"
+        self.feature_dim = 0
+
+    def load(self) -> None:
+        self.classifier.load()
+
+    def identity(self) -> str:
+        return "features|" + self.classifier.identity()
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.load()
+        x = classifier_input(images.to(self.classifier.device), self.classifier.image_size)
+        maps = torch.nn.functional.relu(self.classifier.network.features(x))
+        return torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1).float().cpu()

@@ -287,8 +287,9 @@ class MemorisationFilter(ImageFilter):
     """Nearest training image in a feature space (module docstring).
 
     Args:
-        extractor: ``"raddino"``, ``"xrv"`` or ``"inception"`` (``scripts.evaluation.extractors``); its weights from
-            ``xrv_weights`` / ``raddino_source`` / ``inception_weights`` (``"random"``: seeded random weights).
+        extractor: ``"raddino"``, ``"xrv"`` or ``"inception"`` (``scripts.evaluation.extractors``), its weights from
+            ``xrv_weights`` / ``raddino_source`` / ``inception_weights`` (``"random"``: seeded random weights); or a
+            ``FeatureExtractor`` object (e.g. ``scripts.datasets.classifiers.NetworkFeatures``).
         datalist_file, dataset_dir, section, num_training_images: the training images (the first
             ``num_training_images`` of ``section``), loaded by ``transform``.
         percentile: of the training images' nearest-other similarities, the rejection threshold.
@@ -314,22 +315,26 @@ class MemorisationFilter(ImageFilter):
         batch_size: int = 16,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.extractor_name, self.percentile = str(extractor), float(percentile)
+        self.extractor = None if isinstance(extractor, str) else extractor
+        self.extractor_name = str(extractor) if isinstance(extractor, str) else extractor.name
+        self.percentile = float(percentile)
         self.sources = {"xrv_weights": xrv_weights, "raddino_source": raddino_source}
         self.sources["inception_weights"] = inception_weights
         self.datalist = (datalist_file, dataset_dir, section, int(num_training_images))
         self.transform, self.cache_dir, self.batch_size, self.device = transform, cache_dir, int(batch_size), device
-        self.extractor, self.training_items, self.features, self.threshold = None, [], None, None
+        self.training_items, self.features, self.threshold = [], None, None
 
     def load(self) -> None:
         from scripts.datasets.classifiers import seeded
         from scripts.evaluation import xrv
         from scripts.evaluation.extractors import load_extractors
 
+        if not self.training_items:
+            self.training_items = check_training_images(*self.datalist)
         if self.extractor is not None:
+            if hasattr(self.extractor, "load"):
+                self.extractor.load()
             return
-        datalist_file, dataset_dir, section, limit = self.datalist
-        self.training_items = check_training_images(datalist_file, dataset_dir, section, limit)
 
         def build():
             model = None
@@ -341,7 +346,8 @@ class MemorisationFilter(ImageFilter):
         self.extractor = seeded(build)
 
     def identity(self) -> dict:
-        return {"extractor": self.extractor_name, "sources": self.sources, "percentile": self.percentile,
+        extractor = self.extractor.identity() if self.extractor is not None else self.extractor_name
+        return {"extractor": extractor, "sources": self.sources, "percentile": self.percentile,
                 "training": [os.fspath(item["image"]) for item in self.training_items]}  # fmt: skip
 
     def training_features(self) -> np.ndarray:
