@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 THRESHOLDS = "thresholds.json"
 BLOCKS_DIR = "blocks"
+DICOM_DIR = "dicom"
 
 
 class DatasetIncompleteError(CxrLdmError, RuntimeError):
@@ -129,18 +130,43 @@ def score_block(rows: Sequence[dict], images_dir: str, filters: Sequence, batch_
     return scored
 
 
-def write_block(block: int, num_blocks: int, rows, images_dir, dataset_dir, filters, batch_size, identity) -> dict:
-    """Score block ``block`` and write its shards, then its record (the mark of a finished block)."""
+def write_dicom(image_path: str, generation: Mapping, dicom_dir: str) -> str:
+    """The image as a synthetic Secondary Capture DICOM in ``dicom_dir`` (the inference writer's ``dcm`` format: one
+    study and series per folder), unless it is there already; returns its path."""
+    from scripts.data.dicom import run_uids
+    from scripts.data.images import load_image_file
+    from scripts.sampling.writer import write_image
+
+    name = os.path.splitext(os.path.basename(image_path))[0]
+    path = os.path.join(dicom_dir, name + ".dcm")
+    if not os.path.isfile(path):
+        study_uid, series_uid = run_uids(dicom_dir)
+        job = {**generation, "name": name, "study_uid": study_uid, "series_uid": series_uid}
+        write_image(load_image_file(image_path), path, "dcm", job)
+    return path
+
+
+def write_block(
+    block: int, num_blocks: int, rows, images_dir, dataset_dir, filters, batch_size, identity, dicom: bool = False
+) -> dict:
+    """Score block ``block`` and write its shards (and with ``dicom`` its images as DICOM in ``<dataset_dir>/dicom``),
+    then its record (the mark of a finished block)."""
     manifest = _manifest_rows(images_dir)
     columns = {**parquet.COLUMNS, **parquet.filter_columns(filters)}
     by_split = {split: [] for split in parquet.SPLITS}
     for result in score_block(rows, images_dir, filters, batch_size):
         file_name = os.path.basename(result["image"])
-        generation = manifest.get(file_name, {})
+        generation = manifest.get(file_name)
+        if generation is None:
+            raise DatasetIncompleteError(
+                f"Image {file_name} has no row in '{images_dir}/{MANIFEST}': re-run the command to rebuild it."
+            )
         values = {**generation, **result, **{name: value for name, value in result["labels"].items()}}
         values.update(file=file_name, generation_settings=json.dumps(generation, sort_keys=True))
         with open(result["image"], "rb") as f:
             row = parquet.table_row(f.read(), file_name, values, columns)
+        if dicom:
+            write_dicom(result["image"], generation, os.path.join(dataset_dir, DICOM_DIR))
         by_split["train" if result["accepted"] else "rejected"].append(row)
     files = []
     for split, split_rows in by_split.items():
@@ -164,17 +190,20 @@ def score_blocks(
     thresholds: Mapping,
     rows_per_shard: int = 1000,
     batch_size: int = 16,
+    dicom: bool = False,
 ) -> list[int]:
-    """Score and write this rank's unfinished blocks (module docstring); returns the blocks written."""
+    """Score and write this rank's unfinished blocks (module docstring), with ``dicom`` also every image as synthetic
+    DICOM in ``<dataset_dir>/dicom`` (their split is the Parquet row's); returns the blocks written."""
+    barrier()  # rank 0 merges the ranks' manifests after generation: every rank reads the merged one
     blocks = block_rows(plan, jobs, rows_per_shard)
     rank, world = rank_and_world()
     written = []
     for block in range(rank, len(blocks), world):
-        identity = block_identity(blocks[block], filters, thresholds)
+        identity = block_identity(blocks[block], filters, thresholds) + ("+dicom" if dicom else "")
         record = read_block_record(dataset_dir, block)
         if record is not None and record["identity"] == identity:
             continue
-        write_block(block, len(blocks), blocks[block], images_dir, dataset_dir, filters, batch_size, identity)
+        write_block(block, len(blocks), blocks[block], images_dir, dataset_dir, filters, batch_size, identity, dicom)
         written.append(block)
     logger.info("Rank %d scored %d block(s) of %d", rank, len(written), len(blocks))
     return written
@@ -187,7 +216,7 @@ def finished_shards(plan: Sequence[dict], jobs, dataset_dir: str, filters, thres
     files = []
     for block, rows in enumerate(blocks):
         record = read_block_record(dataset_dir, block)
-        if record is None or record["identity"] != block_identity(rows, filters, thresholds):
+        if record is None or record["identity"].split("+")[0] != block_identity(rows, filters, thresholds):
             raise DatasetIncompleteError(
                 f"Block {block} of the data set in '{dataset_dir}' is not finished: re-run the command to complete it."
             )
