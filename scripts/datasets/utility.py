@@ -161,7 +161,7 @@ def per_finding_auroc(probabilities: np.ndarray, targets: np.ndarray) -> dict[st
     result = {}
     for column, name in enumerate(CHEXPERT_LABELS):
         known = ~np.isnan(targets[:, column])
-        y, p = targets[known, column], probabilities[known, column]
+        y, p = targets[known, column], probabilities[known, column].astype(np.float64)
         result[name] = auroc(p[y == 1], p[y == 0])
     return result
 
