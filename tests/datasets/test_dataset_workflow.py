@@ -37,7 +37,7 @@ def dataset_run(tiny_model_dir, prepared_synthetic_dir, tmp_path_factory):
     """One tiny data set of 6 images in 2 blocks, every filter on; returns (folder, run overrides)."""
     root = tmp_path_factory.mktemp("dataset")
     weights = write_classifier_weights(root / "classifier.pt")
-    overrides = dataset_overrides(prepared_synthetic_dir, root / "set", weights)
+    overrides = dataset_overrides(prepared_synthetic_dir, root / "set", weights, export_dicom=True)
     run_inference(tiny_model_dir, root / "set" / "images", DATASET_CONFIG, **overrides)
     return root / "set", overrides
 
@@ -79,6 +79,22 @@ def test_the_shards_hold_every_planned_image_once_with_its_columns(dataset_run, 
         assert row["accepted"] == (row["sanity_pass"] and row["label_agreement_pass"] and row["memorisation_pass"])
     split = {row["file"]: path for path in parquet.shard_files(str(folder)) for row in pq.read_table(path).to_pylist()}
     assert all(("/train-" in split[r["file"]]) == r["accepted"] for r in rows)
+
+
+def test_every_image_is_also_a_synthetic_dicom_with_the_same_pixels(dataset_run):
+    import pydicom
+
+    folder, _ = dataset_run
+    rows = _rows(folder)
+    assert sorted(p.stem for p in (folder / "dicom").glob("*.dcm")) == sorted(r["file"][:-4] for r in rows)
+    series = set()
+    for row in rows:
+        dataset = pydicom.dcmread(folder / "dicom" / (row["file"][:-4] + ".dcm"))
+        assert dataset.ConversionType == "SYN" and dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        png = np.asarray(Image.open(folder / "images" / row["file"])).astype(np.int64)
+        assert np.array_equal(dataset.pixel_array.astype(np.int64), png * 257)
+        series.add(dataset.SeriesInstanceUID)
+    assert len(series) == 1
 
 
 def test_datasets_loads_both_splits_and_decodes_the_images(dataset_run):
