@@ -29,13 +29,24 @@ def size_category(count: int) -> str:
     return "1M<n<10M"
 
 
+def setting_value(value):
+    """A setting as JSON: plain values as they are, a component (e.g. ``@classifier_features``) as
+    ``{"component": its class, "identity": ...}``."""
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        identity = value.identity() if hasattr(value, "identity") else repr(value)
+        return {"component": type(value).__name__, "identity": identity}
+
+
 def summarize(shards: Sequence[str], filters: Sequence, thresholds: Mapping, settings: Mapping) -> dict:
     """Counts of the shards' rows (module docstring), the filters' thresholds and the run's ``settings``."""
     passes = [f"{f.name}_pass" for f in filters]
     rows = parquet.read_columns(shards, ["accepted", *CHEXPERT_LABELS, *passes])
     total, accepted = len(rows), sum(bool(row["accepted"]) for row in rows)
     summary = {
-        "settings": dict(settings),
+        "settings": {key: setting_value(value) for key, value in settings.items()},
         "num_images": total,
         "splits": {"train": accepted, "rejected": total - accepted},
     }
@@ -85,7 +96,9 @@ def command_line(settings: Mapping, config_files: Sequence[str]) -> str:
     files = "[" + ",".join(f"'{name}'" for name in config_files) + "]"
     parts = [f'python -m monai.bundle run --config_file "{files}"']
     for key, value in settings.items():
-        if value is not None:
+        if isinstance(value, Mapping) and "component" in value:
+            parts.append(f"--{key} <a {value['component']} component: {value['identity']}>")
+        elif value is not None:
             text = value if isinstance(value, str) else repr(value)
             quoted = not text or any(c in text for c in " ,[]'")
             parts.append(f'--{key} "{text}"' if quoted else f"--{key} {text}")

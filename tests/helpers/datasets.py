@@ -41,7 +41,7 @@ def write_classifier_weights(path, seed: int = 0) -> Path:
 
 def dataset_overrides(prepared_dir, synthetic_dir, classifier_weights, **overrides) -> dict:
     """Overrides of a tiny data-set run: plan from the prepared reports, every filter, the tiny classifier for label
-    agreement, torchxrayvision features with seeded random weights for memorisation, 8 training images."""
+    agreement and its features for memorisation (``@classifier_features``), 8 training images."""
     return {
         "synthetic_dir": str(synthetic_dir),
         "dataset_dir": str(prepared_dir),
@@ -53,8 +53,7 @@ def dataset_overrides(prepared_dir, synthetic_dir, classifier_weights, **overrid
         "classifier_def": TINY_CLASSIFIER["classifier_def"],
         "classifier_image_size": TINY_CLASSIFIER["classifier_image_size"],
         "label_min_calibration_positives": 1,
-        "memorisation_extractor": "xrv",
-        "xrv_weights": "random",
+        "memorisation_extractor": "@classifier_features",
         "memorisation_training_images": 8,
         **overrides,
     }
