@@ -147,3 +147,13 @@ def test_missing_training_images_and_unknown_filters_are_one_line_errors(tmp_pat
         check_training_images(str(prepared_synthetic_dir / "datalist.json"), str(tmp_path / "missing"), "training", 8)
     with pytest.raises(FilterError, match=r"--filters \['sanity', 'blur'\]: each must be one of"):
         load_filters({"sanity": SanityFilter()}, ["sanity", "blur"])
+
+
+def test_nearest_other_similarities_leave_each_image_out():
+    from scripts.evaluation.memorisation import nearest_other_similarities
+
+    features = np.random.default_rng(0).normal(size=(7, 5))
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarities = unit @ unit.T
+    np.fill_diagonal(similarities, -np.inf)
+    assert np.allclose(nearest_other_similarities(features, block=3), similarities.max(axis=1), atol=1e-6)
