@@ -3,8 +3,9 @@
 ``configs/inference.json``, ``configs/train_autoencoder.json`` and ``configs/train_diffusion.json`` each run alone,
 so each holds its own copy of what it shares with the others (networks, weights, text encoder, noise schedule,
 data loading, training plumbing), ``configs/evaluate.json`` copies the data loading, and the data-set configs
-(``configs/dataset.json``, ``configs/dataset_utility.json``) copy it and the evaluation's feature extractors. Every key that two of
-them define is either a copy, held equal here after parsing, or on a named list of keys that differ on purpose.
+(``configs/dataset.json``, ``configs/dataset_utility.json``) copy it and the evaluation's feature extractors. Every
+key that two of them define is either a copy, held equal here after parsing, or on a named list of keys that differ
+on purpose.
 The tiny overlays are held to the same rule.
 """
 
