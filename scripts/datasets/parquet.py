@@ -9,7 +9,8 @@ data_dir=<dataset>)`` reads both splits, and ``datasets.load_dataset(<dataset>)`
 - ``image``: ``{"bytes": PNG file, "path": file name}`` (8- or 16-bit grayscale; an ``Image`` feature in the
   schema's ``huggingface`` metadata, so ``datasets`` decodes it to a PIL image);
 - the plan: ``file``, ``index``, ``accepted``, ``prompt``, ``negative_prompt``, ``view``, ``seed``, ``plan_finding``,
-  ``source_subject_id``, ``source_study_id``, and the 14 CheXpert labels (1.0, 0.0, -1.0 or null);
+  ``source_subject_id``, ``source_study_id``, ``label_source`` (label table, report keywords, template prompt of a
+  label table, prompts file), and the 14 CheXpert labels (1.0, 0.0, -1.0 or null);
 - the generation: steps, guidance, scheduler, null prompt, precision, model version, weights fingerprints, and
   ``generation_settings`` (JSON of the image's whole manifest row);
 - per filter: ``<name>_score``, ``<name>_pass`` and its extra columns.
@@ -44,6 +45,7 @@ COLUMNS = {
     "plan_finding": "string",
     "source_subject_id": "string",
     "source_study_id": "string",
+    "label_source": "string",
     **{name: "float" for name in CHEXPERT_LABELS},
     "num_inference_steps": "int",
     "guidance_scale": "float",

@@ -1,7 +1,7 @@
 """What a synthetic data set holds: its *plan*, one row per image, drawn from labelled sources.
 
 A plan row is ``{"index", "prompt", "seed", "view", "plan_finding", "source_subject_id", "source_study_id",
-"labels"}``: ``labels`` maps each of the 14 CheXpert findings to 1.0 (positive), 0.0 (negative), -1.0
+"label_source", "labels"}``: ``labels`` maps each of the 14 CheXpert findings to 1.0 (positive), 0.0 (negative), -1.0
 (uncertain) or NaN (not mentioned); image ``index`` of the plan is job ``index`` of the inference workflow
 (one image per row, seed ``seed + index``), so a row and its image are found by position.
 
@@ -9,7 +9,7 @@ Sources (``plan_source``), each a list of *candidates* ``{"prompt", "labels", ..
 
 - ``reports``: the items of one section of a prepared datalist (``python -m scripts.data.prepare``) whose study
   has a row in a CheXpert-format label table; the prompt is the study's report sentences, so text and labels
-  agree by construction;
+  agree by construction (without a table, the labels are the evaluation's keyword rules on the report);
 - ``labels``: the rows of a label table alone; the prompt is built from the row's positive findings by the
   templates (``template_prompt``);
 - ``prompts_file``: a CSV with a ``prompt`` column and any of the 14 label columns (a missing one is NaN).
@@ -46,7 +46,16 @@ NO_FINDING = "No Finding"
 #: columns a plan prompts file may have besides the 14 labels
 PROMPTS_FILE_COLUMNS = ("prompt", "view", "subject_id", "study_id")
 #: columns of plan.csv before the labels
-PLAN_COLUMNS = ("index", "prompt", "seed", "view", "plan_finding", "source_subject_id", "source_study_id")
+PLAN_COLUMNS = (
+    "index",
+    "prompt",
+    "seed",
+    "view",
+    "plan_finding",
+    "source_subject_id",
+    "source_study_id",
+    "label_source",
+)
 LABELS_HELP = (
     "a CheXpert-format table has study_id and the 14 label columns "
     + ", ".join(CHEXPERT_LABELS)
@@ -122,23 +131,35 @@ def check_templates(templates: Mapping[str, str]) -> dict[str, str]:
     return {name: str(text).strip() for name, text in templates.items()}
 
 
+def keyword_labels(text: str) -> dict[str, float]:
+    """Labels of a report without a label table: 1.0 for the findings the evaluation's keyword rules find in it
+    (``scripts.evaluation.pathology``: negations skipped, no uncertainty), NaN (not mentioned) for the others."""
+    from scripts.evaluation.pathology import text_findings
+
+    found = text_findings(text)
+    return {name: 1.0 if name in found else math.nan for name in CHEXPERT_LABELS}
+
+
 def report_candidates(datalist_file: str, dataset_dir: str, section: str, labels_file: str | None) -> list[dict]:
-    """Candidates of the ``reports`` source: datalist items of ``section`` with a report and a labelled study."""
+    """Candidates of the ``reports`` source: datalist items of ``section`` with a report, labelled by the study's
+    row of ``labels_file`` (items without one are left out), or by keyword rules on the report without a table."""
     from scripts.data.images import datalist_items
 
-    table = {row["study_id"]: row for row in read_labelled_table(labels_file, need_study_id=True)}
+    table = {row["study_id"]: row for row in read_labelled_table(labels_file, True)} if labels_file else None
     try:
         items = datalist_items(datalist_file, section, dataset_dir)
     except (FileNotFoundError, ValueError) as error:
         raise DatasetPlanError(f"{error} (plan_source 'reports' reads --datalist_file, --plan_section).") from None
     candidates = []
     for item in items:
-        row, prompt = table.get(str(item.get("study_id", "")).lstrip("s")), report_text(item)
-        if row is not None and prompt:
-            candidates.append(
-                {"prompt": prompt, "labels": row["labels"], "subject_id": str(item.get("subject_id", "")),
-                 "study_id": str(item.get("study_id", ""))}
-            )  # fmt: skip
+        prompt, study = report_text(item), str(item.get("study_id", "")).lstrip("s")
+        if not prompt or (table is not None and study not in table):
+            continue
+        labels = table[study]["labels"] if table is not None else keyword_labels(prompt)
+        candidates.append(
+            {"prompt": prompt, "labels": labels, "subject_id": str(item.get("subject_id", "")), "study_id": study,
+             "label_source": "label table" if table is not None else "report keywords"}
+        )  # fmt: skip
     if not candidates:
         raise DatasetPlanError(
             f"No item of section '{section}' of '{datalist_file}' has both a report and a row in '{labels_file}': "
@@ -165,6 +186,7 @@ def prompts_file_candidates(path: str | None) -> list[dict]:
         prompt = coerce_text(row.get("prompt", "")).strip()
         if prompt:
             candidate = {"prompt": prompt, "labels": _labels_of(row, f"Plan prompts file '{path}' line {line}")}
+            candidate["label_source"] = "prompts file"
             candidate.update({k: str(row.get(k, "") or "") for k in ("view", "subject_id", "study_id")})
             candidates.append(candidate)
     return candidates
@@ -252,7 +274,10 @@ def make_plan(
     elif source == "labels":
         texts = check_templates(templates)
         rows = read_labelled_table(labels_file, need_study_id=False)
-        candidates = [{**row, "prompt": template_prompt(row["labels"], texts)} for row in rows]
+        candidates = [
+            {**row, "prompt": template_prompt(row["labels"], texts), "label_source": "label table (template prompt)"}
+            for row in rows
+        ]
     else:
         candidates = prompts_file_candidates(prompts_file)
     if not candidates:
@@ -270,6 +295,7 @@ def make_plan(
             "plan_finding": finding,
             "source_subject_id": candidates[c].get("subject_id", ""),
             "source_study_id": candidates[c].get("study_id", ""),
+            "label_source": candidates[c]["label_source"],
             "labels": dict(candidates[c]["labels"]),
         }
         for index, (c, finding) in enumerate(drawn)

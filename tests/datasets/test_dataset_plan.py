@@ -73,6 +73,7 @@ def test_report_prompts_are_the_studys_sentences_and_its_labels(prepared_synthet
     by_study = {str(item["study_id"]): item for item in load_datalist(prepared_synthetic_dir)["training"]}
     with gzip.open(labels_file(prepared_synthetic_dir), "rt", newline="") as f:
         table = {row["study_id"]: row for row in csv.DictReader(f)}
+    assert {row["label_source"] for row in plan} == {"label table"}
     for row in plan:
         item = by_study[row["source_study_id"]]
         assert row["prompt"] == " ".join(item["sentences"])
@@ -83,6 +84,19 @@ def test_report_prompts_are_the_studys_sentences_and_its_labels(prepared_synthet
         effusion = "effusion" in row["prompt"].lower() and "no pleural effusion" not in row["prompt"].lower()
         assert effusion == (row["labels"]["Pleural Effusion"] == 1.0), row["prompt"]
     assert {r["source_study_id"] for r in plan} <= set(by_study), "reports come from the training split only"
+
+
+def test_without_a_label_table_report_labels_come_from_the_keyword_rules(prepared_synthetic_dir):
+    plan = make_plan(
+        "reports", "sample", size=12, datalist_file=str(prepared_synthetic_dir / "datalist.json"),
+        dataset_dir=str(prepared_synthetic_dir), seed=1,
+    )  # fmt: skip
+    assert {row["label_source"] for row in plan} == {"report keywords"}
+    for row in plan:
+        effusion = "effusion" in row["prompt"].lower() and "no pleural effusion" not in row["prompt"].lower()
+        assert effusion == (row["labels"]["Pleural Effusion"] == 1.0), row["prompt"]
+        assert all(value == 1.0 or math.isnan(value) for value in row["labels"].values())
+    assert any(row["labels"]["Pleural Effusion"] == 1.0 for row in plan)
 
 
 def test_templates_prompts_file_and_plan_csv(tmp_path):
