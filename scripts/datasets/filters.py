@@ -293,6 +293,8 @@ class MemorisationFilter(ImageFilter):
         datalist_file, dataset_dir, section, num_training_images: the training images (the first
             ``num_training_images`` of ``section``), loaded by ``transform``.
         percentile: of the training images' nearest-other similarities, the rejection threshold.
+        autocast_dtype: the features' precision (``configs/dataset.json`` passes the sampler's: bfloat16 where the
+            machine computes it fast), for the training and the generated images alike.
         cache_dir: where their features are cached (``scripts.evaluation.extractors.set_features``).
     """
 
@@ -314,7 +316,9 @@ class MemorisationFilter(ImageFilter):
         cache_dir: str | None = None,
         batch_size: int = 16,
         device: str | torch.device = "cpu",
+        autocast_dtype: str = "float32",
     ) -> None:
+        self.autocast_dtype = str(autocast_dtype)
         self.extractor = None if isinstance(extractor, str) else extractor
         self.extractor_name = str(extractor) if isinstance(extractor, str) else extractor.name
         self.percentile = float(percentile)
@@ -345,9 +349,18 @@ class MemorisationFilter(ImageFilter):
 
         self.extractor = seeded(build)
 
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 features of ``images``, under autocast in ``autocast_dtype`` unless it is float32."""
+        if self.autocast_dtype == "float32":
+            return self.extractor(images)
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=getattr(torch, self.autocast_dtype)):
+            return self.extractor(images).float()
+
     def identity(self) -> dict:
         extractor = self.extractor.identity() if self.extractor is not None else self.extractor_name
         return {"extractor": extractor, "sources": self.sources, "percentile": self.percentile,
+                "autocast_dtype": self.autocast_dtype,
                 "training": [os.fspath(item["image"]) for item in self.training_items]}  # fmt: skip
 
     def training_features(self) -> np.ndarray:
@@ -355,8 +368,9 @@ class MemorisationFilter(ImageFilter):
 
         if self.features is None:
             self.features = set_features(
-                self.extractor, self.training_items, "training", self.transform, self.cache_dir, self.batch_size
-            )
+                PrecisionExtractor(self), self.training_items, "training", self.transform, self.cache_dir,
+                self.batch_size,
+            )  # fmt: skip
         return self.features
 
     def calibrate(self, calibration: Calibration | None) -> dict:
@@ -388,13 +402,28 @@ class MemorisationFilter(ImageFilter):
     def score(self, images: torch.Tensor, rows: Sequence[dict]) -> list[dict]:
         from scripts.evaluation.memorisation import nearest_neighbours
 
-        indices, similarities = nearest_neighbours(self.extractor(images).numpy(), self.training_features())
+        indices, similarities = nearest_neighbours(self.extract(images).numpy(), self.training_features())
         root = os.fspath(self.datalist[1])
         return [
             {"score": float(similarity), "pass": bool(similarity < self.threshold),
              "nearest_training": os.path.relpath(os.fspath(self.training_items[index]["image"]), root)}
             for index, similarity in zip(indices.tolist(), similarities.tolist())
         ]  # fmt: skip
+
+
+class PrecisionExtractor:
+    """The memorisation filter's extractor as ``set_features`` sees it: its precision is part of its identity, so
+    cached float32 and bfloat16 features are never mixed."""
+
+    def __init__(self, image_filter: MemorisationFilter) -> None:
+        self.image_filter, inner = image_filter, image_filter.extractor
+        self.name, self.random_weights = inner.name, inner.random_weights
+
+    def identity(self) -> str:
+        return f"{self.image_filter.extractor.identity()}|{self.image_filter.autocast_dtype}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_filter.extract(images)
 
 
 def check_training_images(datalist_file: str, dataset_dir: str, section: str, limit: int) -> list[dict]:
