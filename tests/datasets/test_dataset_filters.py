@@ -138,6 +138,16 @@ def test_memorisation_rejects_copies_of_training_images_and_keeps_new_ones(prepa
         str(item["image"]).removeprefix(str(prepared_synthetic_dir) + "/") for item in image_filter.training_items[:3]
     ]
     assert all(r["score"] > 0.9999 for r in results[:3]) and all(r["score"] < record["threshold"] for r in results[3:])
+    # in bfloat16 (the sampler's precision where it is fast) the features stay float32 and near the float32 ones,
+    # and their cache entries are apart
+    from scripts.datasets.filters import PrecisionExtractor
+
+    float32 = image_filter.extract(training)
+    image_filter.autocast_dtype = "bfloat16"
+    bfloat16 = image_filter.extract(training)
+    assert bfloat16.dtype == torch.float32 and not torch.equal(bfloat16, float32)
+    assert torch.nn.functional.cosine_similarity(bfloat16, float32).min() > 0.99
+    assert PrecisionExtractor(image_filter).identity().endswith("|bfloat16")
 
 
 def test_missing_training_images_and_unknown_filters_are_one_line_errors(tmp_path, prepared_synthetic_dir):
