@@ -82,6 +82,7 @@ def dataset_overrides(data: dict, work: Path, model_dir: str, plan_size: int, st
         "memorisation_extractor": "@classifier_features", "classifier_image_size": 64, "progress": False,
         "card#model": "the parity model of benchmarks/parity_model.py (tiny architecture, trained minutes on synthetic "
         "MIMIC-format images)",
+        "card#license_name": "procedural-synthetic-data",
         "card#config_files": ["configs/inference.json", "configs/dataset.json", "configs/tiny/inference.json"],
         "card#data_terms": "Procedural synthetic MIMIC-format data (python -m scripts.data.synthetic): no patient "
         "data, no data use terms.",
