@@ -40,6 +40,19 @@ def nearest_neighbours(queries, references) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(indices).numpy(), torch.cat(similarities).double().numpy()
 
 
+def nearest_other_similarities(features, block: int = 1024) -> np.ndarray:
+    """(N,) cosine similarity of each of (N, D) ``features`` to its nearest *other* row: how close the closest
+    pair of distinct real images of a set come (a set of one row gives ``[-1]``)."""
+    matrix = _unit(features)
+    best = []
+    for start in range(0, len(matrix), block):
+        similarities = matrix[start : start + block] @ matrix.T
+        rows = torch.arange(similarities.shape[0])
+        similarities[rows, rows + start] = -1.0
+        best.append(similarities.max(dim=1).values)
+    return torch.cat(best).double().numpy()
+
+
 def check(
     generated_items: Sequence[dict],
     generated_features,

@@ -77,6 +77,12 @@ def write_8bit(image: torch.Tensor, file: str, job: dict, **save_options) -> Non
     Image.fromarray(pixels, mode="L").save(file, **save_options)
 
 
+def write_16bit(image: torch.Tensor, file: str, job: dict) -> None:
+    """16-bit grayscale PNG, round(65535·x): 256 times finer steps than ``write_8bit``."""
+    pixels = (image[0].numpy().astype(np.float64) * 65535.0).round().astype(np.uint16)
+    Image.fromarray(pixels).save(file, format="PNG")
+
+
 def write_tensor(image: torch.Tensor, file: str, job: dict) -> None:
     """The float tensor itself (``torch.save``; loads without MONAI)."""
     torch.save(image.clone(), file)
@@ -92,6 +98,7 @@ def write_secondary_capture(image: torch.Tensor, file: str, job: dict) -> None:
 #: output format name (``--output_format``) -> how its images are written
 OUTPUT_FORMATS: dict[str, OutputFormat] = {
     "png": OutputFormat(".png", write_8bit, {"format": "PNG"}),
+    "png16": OutputFormat(".png", write_16bit),
     "jpg": OutputFormat(".jpg", write_8bit, {"format": "JPEG", "quality": 95}),
     "pt": OutputFormat(".pt", write_tensor),
     "dcm": OutputFormat(".dcm", write_secondary_capture, run_uids=True),
@@ -118,9 +125,10 @@ def existing_image(output_dir: str, name: str) -> str | None:
 def write_image(image: torch.Tensor, path: str, output_format: str, job: dict | None = None) -> str:
     """Write one image (1, H, W) in [0, 1] to ``path`` atomically in a registered ``output_format``.
 
-    Row 0 is the top of the picture. ``png``/``jpg`` are 8-bit grayscale (round(255·x)); ``pt`` is the float
-    tensor itself; ``dcm`` is a synthetic Secondary Capture DICOM with 16-bit pixels (``scripts.data.dicom``),
-    which needs the image's ``job`` (its name, settings and the run's ``study_uid`` / ``series_uid``).
+    Row 0 is the top of the picture. ``png``/``jpg`` are 8-bit grayscale (round(255·x)), ``png16`` 16-bit
+    (round(65535·x)); ``pt`` is the float tensor itself; ``dcm`` is a synthetic Secondary Capture DICOM with
+    16-bit pixels (``scripts.data.dicom``), which needs the image's ``job`` (its name, settings and the run's
+    ``study_uid`` / ``series_uid``).
     """
     if image.ndim != 3 or image.shape[0] != 1:
         raise ValueError(f"expected an image of shape (1, H, W), got {tuple(image.shape)}.")

@@ -2,8 +2,10 @@
 
 ``configs/inference.json``, ``configs/train_autoencoder.json`` and ``configs/train_diffusion.json`` each run alone,
 so each holds its own copy of what it shares with the others (networks, weights, text encoder, noise schedule,
-data loading, training plumbing), and ``configs/evaluate.json`` copies the data loading. Every key that two of
-them define is either a copy, held equal here after parsing, or on a named list of keys that differ on purpose.
+data loading, training plumbing), ``configs/evaluate.json`` copies the data loading, and the data-set configs
+(``configs/dataset.json``, ``configs/dataset_utility.json``) copy it and the evaluation's feature extractors. Every
+key that two of them define is either a copy, held equal here after parsing, or on a named list of keys that differ
+on purpose.
 The tiny overlays are held to the same rule.
 """
 
@@ -19,8 +21,21 @@ from helpers.bundle import CONFIGS
 
 #: files that copy definitions from one another, by group
 GROUPS = {
-    "standalone": ("inference.json", "train_autoencoder.json", "train_diffusion.json", "evaluate.json"),
-    "tiny": ("tiny/inference.json", "tiny/train_autoencoder.json", "tiny/train_diffusion.json", "tiny/distill.json"),
+    "standalone": (
+        "inference.json",
+        "train_autoencoder.json",
+        "train_diffusion.json",
+        "evaluate.json",
+        "dataset.json",
+        "dataset_utility.json",
+    ),
+    "tiny": (
+        "tiny/inference.json",
+        "tiny/train_autoencoder.json",
+        "tiny/train_diffusion.json",
+        "tiny/distill.json",
+        "tiny/dataset_utility.json",
+    ),
 }
 #: sections whose entries (and handler lists, entry by entry) are compared one by one
 SECTIONS = ("train", "validate")
@@ -47,6 +62,11 @@ SHARED = {
         "validate#datalist validate#dataset validate#sampler validate#dataloader validate#handlers#0 "
         "validate#handlers#1 validate#handlers#2 validate#handlers#3"
     ),
+    "evaluation and data sets": (
+        "chexpert_labels_file inception_weights memorisation_extractor memorisation_training_images raddino_source "
+        "real_transform training_section test_section xrv_weights"
+    ),
+    "data sets": "classifier_def classifier_image_size synthetic_dir",
     "tiny sizes": (
         "image_size latent_shape autoencoder_def#channels autoencoder_def#norm_num_groups network_def#channels "
         "network_def#num_head_channels network_def#cross_attention_dim train#batch_size num_workers val_interval "
@@ -58,6 +78,9 @@ SHARED_KEYS = {key for keys in SHARED.values() for key in keys.split()}
 #: keys several files define with values of their own, and why
 DIFFERENT = {
     "imports": "each config imports what it uses",
+    "+imports": "each overlay adds the imports of its own steps",
+    "prompt_rows": "a data set's prompts are the rows of its plan",
+    "writer": "a data set keeps (and rejects) images with non-finite pixels, which inference refuses to write",
     "run": "each workflow runs its own steps",
     "finalize": "training closes its TensorBoard writer",
     "autoencoder": "stage 1 trains it from init_autoencoder_path; stage 2 and inference load trained weights",

@@ -54,7 +54,8 @@ def test_a_registered_format_is_written_by_the_sample_writer(text_format, tmp_pa
 
 
 def test_an_unregistered_format_is_refused_naming_the_registered_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"output_format must be one of \['dcm', 'jpg', 'png', 'pt'\], got 'bmp'"):
+    registered = r"\['dcm', 'jpg', 'png', 'png16', 'pt'\]"
+    with pytest.raises(ValueError, match=rf"output_format must be one of {registered}, got 'bmp'"):
         SampleWriter(tmp_path / "samples", "bmp")
     with pytest.raises(ValueError, match="output_format must be one of"):
         write_image(torch.rand(1, 4, 4), str(tmp_path / "a.bmp"), "bmp")
@@ -66,5 +67,5 @@ def test_the_settings_check_accepts_exactly_the_registered_formats(text_format):
     from scripts.sampling.settings import SettingsError, check_settings
 
     check_settings(output_format="txt", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
-    with pytest.raises(SettingsError, match=r"choose one of \['png', 'jpg', 'pt', 'dcm', 'txt'\]"):
+    with pytest.raises(SettingsError, match=r"choose one of \['png', 'png16', 'jpg', 'pt', 'dcm', 'txt'\]"):
         check_settings(output_format="bmp", num_inference_steps=2, guidance_scale=1.0, batch_size=1, num_samples=1)
