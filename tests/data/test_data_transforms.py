@@ -136,7 +136,7 @@ def test_orientation_is_kept_through_load_transforms_and_saving(tmp_path):
 
 def test_augmentations_match_the_recipe(tmp_path):
     parser = stage_parser("diffusion")
-    autoencoder = parser.get_parsed_content("autoencoder_augmentations")
+    autoencoder = stage_parser("autoencoder").get_parsed_content("autoencoder_augmentations")
     diffusion = parser.get_parsed_content("diffusion_augmentations")
     assert not any(isinstance(t, RandFlipd) for t in diffusion)  # left/right is in the text
     (flip,) = [t for t in autoencoder if isinstance(t, RandFlipd)]

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from monai.apps.utils import HashCheckError
+from monai.bundle import download as monai_download
+from monai.bundle import download_large_files
 
 from helpers.bundle import BUNDLE_ROOT, read_png, run_inference
 from scripts.distribution import download, pack
@@ -138,23 +141,22 @@ def test_packed_bundle_downloads_and_runs(http_root, tmp_path, tiny_model_dir):
     assert "cxr_ldm/configs/inference.json" in names and "cxr_ldm/tokenizer/vocab.json" in names
     assert not [n for n in names if n.endswith(".pt") or "__pycache__" in n or n.startswith("cxr_ldm/tests")]
     shutil.copy(zip_path, root / zip_path.name)
-    for name in ("autoencoder.pt", "model.pt"):
+    names = ("autoencoder.pt", "model.pt")
+    for name in names:
         shutil.copy(tiny_model_dir / name, root / name)
 
     target = tmp_path / "empty"
     target.mkdir()
-    fetched = _python(["-m", "monai.bundle", "download", "--name", "cxr_ldm", "--url", f"{base}/{zip_path.name}",
-                       "--bundle_dir", str(target)], cwd=target)  # fmt: skip
-    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    monai_download(name="cxr_ldm", url=f"{base}/{zip_path.name}", bundle_dir=str(target))
     bundle = target / "cxr_ldm"
     assert (bundle / "configs" / "metadata.json").is_file() and (bundle / "large_files.yml").is_file()
 
     # The large files come from the download command (here with the tiny weights served on loopback).
-    entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in ("autoencoder.pt", "model.pt")]
+    entries = [_entry(f"models/{n}", f"{base}/{n}", (root / n).read_bytes()) for n in names]
     (tmp_path / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
-    fetched = _python(["-m", "scripts.distribution.download", "models/autoencoder.pt", "models/model.pt",
-                       "--large_files", str(tmp_path / "large_files.yml")], cwd=bundle)  # fmt: skip
-    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    large_files = str(tmp_path / "large_files.yml")
+    download.main("models/autoencoder.pt", "models/model.pt", bundle_dir=str(bundle), large_files=large_files)
+    assert [(bundle / e["path"]).read_bytes() for e in entries] == [(root / n).read_bytes() for n in names]
     shutil.copytree(tiny_model_dir / "text_encoder", bundle / "models" / "text_encoder")
     shutil.copy(BUNDLE_ROOT / "configs" / "tiny" / "inference.json", bundle / "tiny_inference.json")
 
@@ -220,8 +222,7 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
-    result = _python(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], cwd=bundle)
-    assert result.returncode == 0, result.stderr[-3000:]
+    download_large_files(bundle_path=str(bundle))
     for index, entry in enumerate(entries):
         assert (bundle / entry["path"]).read_bytes() == (root / f"file{index}").read_bytes()
 
@@ -229,5 +230,6 @@ def test_monai_download_large_files_reads_our_file_over_loopback(http_root, tmp_
     entries[0]["hash_val"] = "0" * len(entries[0]["hash_val"])
     (bundle / entries[0]["path"]).unlink()
     (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}, sort_keys=False))
-    result = _python(["-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)], cwd=bundle)
-    assert result.returncode != 0 and "hash" in result.stderr.lower()
+    with pytest.raises(HashCheckError, match="md5 hash check of downloaded file failed"):
+        download_large_files(bundle_path=str(bundle))
+    assert not (bundle / entries[0]["path"]).exists()

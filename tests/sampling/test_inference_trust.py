@@ -175,10 +175,10 @@ def test_wrapped_config_errors_end_with_the_bundle_message(tiny_model_dir, tmp_p
     stream = io.StringIO()
     excepthook(info.type, info.value, info.tb, file=stream)
     lines = stream.getvalue().rstrip().splitlines()
-    assert (
-        lines[-1]
-        == "SettingsError: --output_format 'tiff' is not supported: choose one of ['png', 'jpg', 'pt', 'dcm']."
-    )
+    from scripts.sampling.writer import OUTPUT_FORMATS
+
+    assert lines[-1] == f"SettingsError: --output_format 'tiff' is not supported: choose one of {list(OUTPUT_FORMATS)}."
+    assert "png16" in lines[-1]
     assert any("Failed to" in line for line in lines[:-1])  # the whole traceback is still there
 
 
