@@ -54,7 +54,8 @@ def clean_and_noise(
 
 
 def noise_levels(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor):
-    """(√ᾱ, √(1−ᾱ)) at ``timesteps`` (B,), shaped (B, 1, ..., 1) like ``like``, float32; ``CLEAN`` (< 0) gives (1, 0)."""
+    """(√ᾱ, √(1−ᾱ)) at ``timesteps`` (B,), shaped (B, 1, ..., 1) like ``like``, float32; ``CLEAN`` (< 0) gives
+    (1, 0)."""
     timesteps = timesteps.to(alphas_cumprod.device)
     alpha_bar = torch.where(timesteps < 0, 1.0, alphas_cumprod.double()[timesteps.clamp(min=0)])
     shape = (-1, *([1] * (like.dim() - 1)))
@@ -171,6 +172,7 @@ class PhasedConsistencyScheduler(Scheduler):
         here = torch.full((batch,), int(timestep), dtype=torch.long)
         there = torch.full((batch,), self.next_timestep(int(timestep)), dtype=torch.long)
         moved = ddim_move(model_output, sample, here, there, self.alphas_cumprod, self.prediction_type)
-        clean = ddim_move(model_output, sample, here, torch.full_like(here, CLEAN), self.alphas_cumprod, self.prediction_type)
+        clean = ddim_move(
+            model_output, sample, here, torch.full_like(here, CLEAN), self.alphas_cumprod, self.prediction_type
+        )
         return moved.to(sample.dtype), clean.to(sample.dtype)
-

@@ -66,7 +66,8 @@ def consistency_function(
     timestep_scaling: float = TIMESTEP_SCALING,
     sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
-    """LCM's f = c_skip(t) · x_t + c_out(t) · x̂0 (B, C, h, w) of a UNet ``output`` at ``sample`` x_t, ``timesteps`` (B,)."""
+    """LCM's f = c_skip(t) · x_t + c_out(t) · x̂0 (B, C, h, w) of a UNet ``output`` at ``sample`` x_t at
+    ``timesteps`` (B,)."""
     alpha, sigma = noise_levels(alphas_cumprod, timesteps, sample)
     clean, _ = clean_and_noise(output, sample, alpha, sigma, prediction_type)
     c_skip, c_out = boundary_scalings(timesteps, sigma_data, timestep_scaling)
@@ -211,7 +212,14 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         cross_attention_dim: int | None = None,
     ) -> None:
         super().__init__(
-            autoencoder, text_encoder, scheduler, scale_factor, sample_latents, image_key, prompt_key, cross_attention_dim
+            autoencoder,
+            text_encoder,
+            scheduler,
+            scale_factor,
+            sample_latents,
+            image_key,
+            prompt_key,
+            cross_attention_dim,
         )
         low, high = (float(v) for v in guidance_scale_range)
         if not low <= high:
