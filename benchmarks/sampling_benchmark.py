@@ -242,6 +242,8 @@ def build_networks(parser, device: torch.device, seed: int = 0):
 #: the recipe settings that are keys of the inference config's sampler (``use_flash_attention`` is the networks')
 SAMPLER_SETTINGS = (
     "scheduler_name",
+    "guidance_scale",
+    "decode_dtype",
     "batched_guidance",
     "autocast_dtype",
     "guidance_interval",

@@ -21,6 +21,8 @@ SCHEDULERS = {
     "unipc_karras": "scripts.networks.dpm_solver:DPMSolverPlusPlusScheduler",
     # a latent consistency student (scripts/training/distillation.py), 1-8 steps, guidance built in
     "lcm": "scripts.networks.lcm:LCMSamplingScheduler",
+    # a phased consistency student (the default of configs/distill.json), 1-8 deterministic steps
+    "pcm": "scripts.networks.pcm:PhasedConsistencyScheduler",
 }
 
 #: Settings each scheduler needs to sample this model as the reference does (DDIM without clipping).

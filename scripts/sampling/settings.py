@@ -67,22 +67,30 @@ def check_settings(
 
 
 def check_scheduler(scheduler_name, num_inference_steps, guidance_scale: float) -> None:
-    """The scheduler exists, and a consistency student (``lcm``) gets 1-8 steps and no second guidance branch."""
+    """The scheduler exists, and a distilled student (``pcm``, ``lcm``) gets 1-8 steps and a guidance it can use:
+    ``lcm`` none beyond its own (1), ``pcm`` a factor on its own in ``scripts.networks.pcm.GUIDANCE_RANGE``."""
     from scripts.networks.lcm import MAX_STEPS
+    from scripts.networks.pcm import GUIDANCE_RANGE
     from scripts.networks.schedulers import SCHEDULERS
 
     name = str(scheduler_name).lower()
     if name not in SCHEDULERS:
         raise SettingsError(f"--scheduler_name {scheduler_name!r} is not known: choose one of {sorted(SCHEDULERS)}.")
-    if name != "lcm":
+    if name not in ("lcm", "pcm"):
         return
     steps = as_int(num_inference_steps, "--num_inference_steps", 1)
     if steps > MAX_STEPS:
         raise SettingsError(
-            f"--num_inference_steps {steps} is too many for --scheduler_name lcm: a distilled student samples in "
+            f"--num_inference_steps {steps} is too many for --scheduler_name {name}: a distilled student samples in "
             f"1-{MAX_STEPS} steps (4 is the default of docs/distillation.md)."
         )
-    if guidance_scale != 1.0:
+    low, high = GUIDANCE_RANGE
+    if name == "pcm" and not low <= guidance_scale <= high:
+        raise SettingsError(
+            f"--guidance_scale {guidance_scale:g} is outside [{low:g}, {high:g}] for --scheduler_name pcm: the student "
+            "has the teacher's guidance built in and takes a factor on it (1: as distilled, one UNet pass per step)."
+        )
+    if name == "lcm" and guidance_scale != 1.0:
         raise SettingsError(
             f"--guidance_scale {guidance_scale:g} does not apply to --scheduler_name lcm: the distilled student has "
             "guidance built in and runs one UNet pass per step; set --guidance_scale 1."

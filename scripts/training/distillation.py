@@ -1,23 +1,32 @@
-"""Latent consistency distillation (LCD; Luo et al. 2023, "Latent Consistency Models", Algorithm 1).
+"""Consistency distillation of the diffusion UNet into a few-step student: phased (PCM) or latent (LCM).
 
-A frozen teacher (the trained diffusion UNet) is distilled into a student of the same class that samples in
-1-8 steps with classifier-free guidance built in. One training iteration, for a batch of latents z and text
-contexts c:
+A frozen teacher (the trained diffusion UNet) is distilled into a student of the same class. Both methods work
+on the skipping-step (DDIM) schedule of N = 50 timesteps t_n = 19, 39, ..., 999 (skip k = 20 of 1000) and
+teach the student a *consistency function* f_θ(x_t, t): where the teacher's guided probability-flow ODE through
+x_t arrives at the lower edge of t's segment of the ODE.
 
-1. draw n uniformly from the N = 50 timesteps t_n = 19, 39, ..., 999 of the skipping-step (DDIM) schedule
-   (skip k = 1000 / N = 20 training timesteps) and noise z to x_{t_n} = √ᾱ · z + √(1−ᾱ) · ε;
-2. teacher: guided output o = o_∅ + w · (o_c − o_∅) at x_{t_n}, w drawn uniformly from
-   ``guidance_scale_range`` ([7, 7]: one fixed scale, the one the released model is sampled with), turned
-   into (x̂0, ε̂) and stepped by DDIM to t_n − k (clamped at 0): x̂_{t_n−k} = √ᾱ' · x̂0 + √(1−ᾱ') · ε̂;
-3. target: the target network θ⁻ (an EMA of the student, rate 0.95) evaluates the consistency function
-   f(x̂_{t_n−k}, t_n − k) without gradient;
-4. student: f_θ(x_{t_n}, t_n), and the loss is the pseudo-Huber distance √((f_θ − f_θ⁻)² + c²) − c.
+- ``"pcm"`` (Wang et al. 2024, "Phased Consistency Model"): the ODE is split into ``num_phases`` phases at
+  edges of the schedule (4: 999 | 759 | 499 | 259 | clean); f maps x_t to its phase's lower edge s by the DDIM
+  formula on the student's output (``scripts.networks.pcm``). Sampling is deterministic, one step per phase.
+- ``"lcm"`` (Luo et al. 2023, "Latent Consistency Models", Algorithm 1): one segment, f = c_skip(t) · x_t +
+  c_out(t) · x̂0 maps x_t to the clean end (``scripts.networks.lcm``); sampling re-noises between steps.
 
-The consistency function of a UNet output o at (x_t, t) is f = c_skip(t) · x_t + c_out(t) · x̂0(o, x_t, t)
-(``scripts.networks.lcm.boundary_scalings``; σ_data 0.5, timestep scaling 10), the same as the LCM sampler's.
-Steps 1-3 happen in ``ConsistencyDistillationPrepareBatch`` (no gradient), step 4 in
-``ConsistencyInferer`` and ``PseudoHuberLoss``: a plain MONAI ``SupervisedTrainer`` runs the iteration,
-with AMP, checkpoints and handlers exactly as the diffusion stage (``configs/distill.json``).
+One training iteration, for a batch of latents z and text contexts c:
+
+1. draw n uniformly from 1..N and noise z to x_{t_n} = √ᾱ · z + √(1−ᾱ) · ε;
+2. teacher: up to ``teacher_steps`` guided DDIM steps of skip k from t_n towards the segment's lower edge s
+   (o = o_∅ + w · (o_c − o_∅), w from ``guidance_scale_range``), stopping at s;
+3. target: where the teacher stopped above s, the target network θ⁻ (an EMA of the student) evaluates f there
+   without gradient (LCM's bootstrapped target); where it reached s, the target is the teacher's own latent at s
+   (f is the identity at an edge), and no target network is involved;
+4. student: f_θ(x_{t_n}, t_n), and the loss is the pseudo-Huber distance √((f_θ − target)² + c²) − c.
+
+``teacher_steps`` 1 is the published recipes' (one teacher step, then θ⁻); ``"phase"`` lets the teacher solve
+the whole segment, so that every target is the teacher's own ODE solution on the schedule and nothing bootstraps
+(docs/distillation.md explains why the phased recipe uses it). Steps 1-3 happen in
+``ConsistencyDistillationPrepareBatch`` (no gradient), step 4 in ``ConsistencyInferer`` and ``PseudoHuberLoss``:
+a plain MONAI ``SupervisedTrainer`` runs the iteration, with AMP, checkpoints and handlers exactly as the
+diffusion stage (``configs/distill.json``).
 """
 
 from __future__ import annotations
@@ -30,8 +39,12 @@ import torch
 from monai.inferers import Inferer
 
 from scripts.networks.lcm import ORIGINAL_INFERENCE_STEPS, SIGMA_DATA, TIMESTEP_SCALING, boundary_scalings
+from scripts.networks.pcm import clean_and_noise, ddim_move, lower_edges, noise_levels, phase_edges
 from scripts.networks.text import encode_ids
 from scripts.training.diffusion import LatentVPredictionPrepareBatch
+
+#: distillation methods (``distill_method``): their student samples with the scheduler of the same name
+METHODS = ("pcm", "lcm")
 
 
 def student_from_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
@@ -44,24 +57,6 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *([1] * (like.dim() - 1))).to(like.device, torch.float32)
 
 
-def clean_and_noise(
-    output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂0, ε̂) implied by a UNet ``output`` at ``sample`` = alpha · x0 + sigma · ε (all (B, C, h, w), float32).
-
-    ``alpha``/``sigma`` broadcast over the sample ((B, 1, 1, 1)). v = alpha · ε − sigma · x0, so for
-    v-prediction x̂0 = alpha · x − sigma · v and ε̂ = sigma · x + alpha · v (alpha² + sigma² = 1).
-    """
-    output, sample = output.float(), sample.float()
-    if prediction_type == "v_prediction":
-        return alpha * sample - sigma * output, sigma * sample + alpha * output
-    if prediction_type == "epsilon":
-        return (sample - sigma * output) / alpha, output
-    if prediction_type == "sample":
-        return output, (sample - alpha * output) / sigma.clamp(min=1e-12)
-    raise ValueError(f"prediction_type must be 'v_prediction', 'epsilon' or 'sample', got {prediction_type!r}.")
-
-
 def consistency_function(
     output: torch.Tensor,
     sample: torch.Tensor,
@@ -71,20 +66,114 @@ def consistency_function(
     timestep_scaling: float = TIMESTEP_SCALING,
     sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
-    """f = c_skip(t) · x_t + c_out(t) · x̂0 (B, C, h, w) of a UNet ``output`` at ``sample`` x_t, ``timesteps`` (B,)."""
-    alpha_bar = _per_sample(alphas_cumprod.to(timesteps.device)[timesteps], sample)
-    clean, _ = clean_and_noise(output, sample, alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt(), prediction_type)
+    """LCM's f = c_skip(t) · x_t + c_out(t) · x̂0 (B, C, h, w) of a UNet ``output`` at ``sample`` x_t at
+    ``timesteps`` (B,)."""
+    alpha, sigma = noise_levels(alphas_cumprod, timesteps, sample)
+    clean, _ = clean_and_noise(output, sample, alpha, sigma, prediction_type)
     c_skip, c_out = boundary_scalings(timesteps, sigma_data, timestep_scaling)
     return _per_sample(c_skip, sample) * sample.float() + _per_sample(c_out, sample) * clean
 
 
+class LatentConsistency:
+    """LCM's consistency function: one segment from t to the clean end (its lower edge is timestep 0, where
+    c_skip = 1 and c_out = 0, so f is the identity there).
+
+    Args:
+        scheduler: the training noise schedule (``alphas_cumprod``, ``prediction_type``).
+        timestep_scaling, sigma_data: the boundary-condition constants (10, 0.5).
+    """
+
+    method = "lcm"
+
+    def __init__(self, scheduler, timestep_scaling: float = TIMESTEP_SCALING, sigma_data: float = SIGMA_DATA) -> None:
+        self.scheduler = scheduler
+        self.timestep_scaling = float(timestep_scaling)
+        self.sigma_data = float(sigma_data)
+
+    def lower_edges(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Where each timestep's segment ends (B,): 0."""
+        return torch.zeros_like(timesteps)
+
+    def __call__(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """f (B, C, h, w), float32, of a UNet ``output`` at ``sample`` x_t and ``timesteps`` (B,)."""
+        return consistency_function(
+            output,
+            sample,
+            timesteps,
+            self.scheduler.alphas_cumprod,
+            self.scheduler.prediction_type,
+            self.timestep_scaling,
+            self.sigma_data,
+        )
+
+
+class PhasedConsistency:
+    """PCM's consistency function: the DDIM move from t to its phase's lower edge (``scripts.networks.pcm``).
+
+    Args:
+        scheduler: the training noise schedule (``alphas_cumprod``, ``prediction_type``, ``num_train_timesteps``).
+        num_phases: phases of the ODE; the student samples best with that many steps (or twice as many).
+        num_ddim_timesteps: N of the skipping-step schedule (50).
+    """
+
+    method = "pcm"
+
+    def __init__(self, scheduler, num_phases: int = 4, num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS) -> None:
+        self.scheduler = scheduler
+        self.num_phases = int(num_phases)
+        self.edges = phase_edges(self.num_phases, int(num_ddim_timesteps), int(scheduler.num_train_timesteps))
+
+    def lower_edges(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The lower phase edge of each timestep (B,) (``scripts.networks.pcm.CLEAN`` for the last phase)."""
+        return lower_edges(timesteps, self.edges)
+
+    def __call__(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """f (B, C, h, w), float32, of a UNet ``output`` at ``sample`` x_t and ``timesteps`` (B,)."""
+        return ddim_move(
+            output,
+            sample,
+            timesteps,
+            self.lower_edges(timesteps),
+            self.scheduler.alphas_cumprod,
+            self.scheduler.prediction_type,
+        )
+
+
+def consistency_parameterisation(
+    method: str,
+    scheduler,
+    num_phases: int = 4,
+    num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS,
+    timestep_scaling: float = TIMESTEP_SCALING,
+    sigma_data: float = SIGMA_DATA,
+):
+    """The consistency function of distillation ``method`` ("pcm" or "lcm"), shared by the target and the student."""
+    name = str(method).lower()
+    if name == "pcm":
+        if not 1 <= int(num_phases) <= int(num_ddim_timesteps):
+            raise ValueError(f"num_phases must be in [1, {num_ddim_timesteps}], got {num_phases}.")
+        return PhasedConsistency(scheduler, num_phases, num_ddim_timesteps)
+    if name == "lcm":
+        return LatentConsistency(scheduler, timestep_scaling, sigma_data)
+    raise ValueError(f"distill_method must be one of {METHODS}, got {method!r}.")
+
+
+def _teacher_steps(teacher_steps, num_ddim_timesteps: int) -> int:
+    """``teacher_steps`` as a count: an int >= 1, or "phase" (every step of a segment: the schedule's length)."""
+    if str(teacher_steps).lower() == "phase":
+        return int(num_ddim_timesteps)
+    if isinstance(teacher_steps, bool) or int(teacher_steps) < 1:
+        raise ValueError(f"teacher_steps must be an integer >= 1 or 'phase', got {teacher_steps!r}.")
+    return int(teacher_steps)
+
+
 class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
-    """``prepare_batch`` of latent consistency distillation: the noisy input and the target network's target.
+    """``prepare_batch`` of consistency distillation: the noisy input and its target.
 
     From a batch ``{"image": (B, 1, H, W) in [0, 1], "prompt_ids": (B, 77)}`` it returns
     ``(x_t (B, 3, h, w), target (B, 3, h, w), (), {"timesteps": t (B,), "condition": context (B, 77, C)})``:
-    x_t is the scaled latent noised to a timestep t of the skipping-step schedule, and the target is the
-    target network's consistency function at the teacher's guided DDIM step from (x_t, t) to t − k.
+    x_t is the scaled latent noised to a timestep t of the skipping-step schedule, and the target is where the
+    teacher's guided ODE through x_t arrives at the lower edge of t's segment (``targets``).
 
     Args:
         autoencoder, text_encoder, scale_factor, sample_latents, cross_attention_dim: as
@@ -93,10 +182,12 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         teacher: the frozen diffusion UNet.
         target_network: θ⁻, the EMA of the student (updated by the trainer's EMA handler).
         null_prompt_ids: (77,) token ids of the null prompt, the teacher's unconditional branch.
+        consistency: ``consistency_parameterisation``'s function (``PhasedConsistency`` or ``LatentConsistency``).
         guidance_scale_range: [w_min, w_max]; each sample's teacher guidance is uniform in it (equal: fixed).
         num_ddim_timesteps: N of the skipping-step schedule (50: skip k = 20 of 1000 timesteps); it must be
             the sampler's ``original_inference_steps``.
-        timestep_scaling, sigma_data: the boundary-condition constants (10, 0.5).
+        teacher_steps: teacher DDIM steps per target before θ⁻ takes over (1: LCM's and PCM's published
+            recipes), or "phase": the teacher solves to the segment's lower edge.
         amp: run the teacher and target passes under ``torch.autocast(**amp_kwargs)``.
     """
 
@@ -109,10 +200,10 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         teacher: torch.nn.Module,
         target_network: torch.nn.Module,
         null_prompt_ids: torch.Tensor,
+        consistency,
         guidance_scale_range: Sequence[float] = (7.0, 7.0),
         num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS,
-        timestep_scaling: float = TIMESTEP_SCALING,
-        sigma_data: float = SIGMA_DATA,
+        teacher_steps: int | str = 1,
         sample_latents: bool = True,
         amp: bool = False,
         amp_kwargs: dict | None = None,
@@ -143,12 +234,12 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         self.teacher = teacher.eval().requires_grad_(False)
         self.target_network = target_network
         self.null_prompt_ids = torch.as_tensor(null_prompt_ids).reshape(1, -1)
+        self.consistency = consistency
         self.guidance_scale_range = (low, high)
         self.skip = num_train // int(num_ddim_timesteps)
         # t_n = k·(n+1) − 1: 19, 39, ..., 999, the timesteps of diffusers' LCMScheduler (leading spacing)
         self.ddim_timesteps = torch.arange(1, int(num_ddim_timesteps) + 1) * self.skip - 1
-        self.timestep_scaling = float(timestep_scaling)
-        self.sigma_data = float(sigma_data)
+        self.teacher_steps = _teacher_steps(teacher_steps, int(num_ddim_timesteps))
         self.prediction_type = scheduler.prediction_type
         self.amp = bool(amp)
         self.amp_kwargs = dict(amp_kwargs or {})
@@ -164,25 +255,26 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
                 self._null_context = encode_ids(self.text_encoder, self.null_prompt_ids).to(device).clone()
         return self._null_context
 
-    def consistency(self, output, sample, timesteps) -> torch.Tensor:
-        return consistency_function(
-            output,
-            sample,
-            timesteps,
-            self.scheduler.alphas_cumprod,
-            self.prediction_type,
-            self.timestep_scaling,
-            self.sigma_data,
-        )
+    def guidance_scales(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) teacher guidance scales, uniform in ``guidance_scale_range``."""
+        low, high = self.guidance_scale_range
+        return low + (high - low) * torch.rand(batch, device=device)
 
     @torch.no_grad()
     def teacher_step(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, previous: torch.Tensor, context: torch.Tensor
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        previous: torch.Tensor,
+        context: torch.Tensor,
+        scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The teacher's guided DDIM step from ``noisy`` (B, 3, h, w) at ``timesteps`` (B,) to ``previous`` (B,)."""
+        """The teacher's guided DDIM step (B, 3, h, w) from ``noisy`` at ``timesteps`` (B,) to ``previous`` (B,).
+
+        ``scales`` (B,): each sample's guidance (drawn by ``guidance_scales`` when None).
+        """
         batch, device = noisy.shape[0], noisy.device
-        low, high = self.guidance_scale_range
-        scale = _per_sample(low + (high - low) * torch.rand(batch, device=device), noisy)
+        scale = _per_sample(self.guidance_scales(batch, device) if scales is None else scales, noisy)
         uncond = self.null_context(device).expand(batch, -1, -1)
         with self._autocast(device):
             output = self.teacher(
@@ -192,25 +284,44 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             ).float()
         out_uncond, out_cond = output.chunk(2)
         guided = out_uncond + scale * (out_cond - out_uncond)
-        alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
-        alpha_bar, alpha_bar_prev = (
-            _per_sample(alphas_cumprod[timesteps], noisy),
-            _per_sample(alphas_cumprod[previous], noisy),
-        )
-        clean, noise = clean_and_noise(guided, noisy, alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt(), self.prediction_type)
-        return alpha_bar_prev.sqrt() * clean + (1.0 - alpha_bar_prev).sqrt() * noise
+        return ddim_move(guided, noisy, timesteps, previous, self.scheduler.alphas_cumprod, self.prediction_type)
+
+    @torch.no_grad()
+    def targets(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The distillation target (B, 3, h, w), float32, of ``noisy`` x_t at ``timesteps`` (B,) with ``context``.
+
+        The teacher takes up to ``teacher_steps`` guided DDIM steps of skip k towards each sample's lower edge;
+        the target network's f finishes the samples that have not reached it.
+        """
+        edges = self.consistency.lower_edges(timesteps)
+        scales = self.guidance_scales(len(timesteps), noisy.device)
+        current, latents = timesteps.clone(), noisy.float().clone()
+        for _ in range(self.teacher_steps):
+            active = (current > edges).nonzero().flatten()
+            if len(active) == 0:
+                break
+            previous = torch.maximum(current[active] - self.skip, edges[active])
+            latents[active] = self.teacher_step(
+                latents[active], current[active], previous, context[active], scales[active]
+            )
+            current[active] = previous
+        pending = (current > edges).nonzero().flatten()
+        if len(pending):
+            with self._autocast(noisy.device):
+                output = self.target_network(latents[pending], timesteps=current[pending], context=context[pending])
+            latents[pending] = self.consistency(output, latents[pending], current[pending])
+        return latents
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         latents, context = self.encode(batchdata, device, non_blocking)
+        # plain tensors: MONAI's MetaTensor (what the data loader gives) costs a Python hook on every operation,
+        # which dominates small networks' many teacher passes
+        latents, context = latents.as_subclass(torch.Tensor), context.as_subclass(torch.Tensor)
         noise = self.get_noise(latents)
         index = torch.randint(0, len(self.ddim_timesteps), (latents.shape[0],), device=latents.device)
         timesteps = self.ddim_timesteps.to(latents.device)[index]
-        previous = (timesteps - self.skip).clamp(min=0)
         noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
-        stepped = self.teacher_step(noisy, timesteps, previous, context)
-        with torch.no_grad(), self._autocast(noisy.device):
-            target_output = self.target_network(stepped, timesteps=previous, context=context)
-        target = self.consistency(target_output, stepped, previous)
+        target = self.targets(noisy, timesteps, context)
         return noisy, target, (), {"timesteps": timesteps, "condition": context}
 
 
@@ -218,27 +329,15 @@ class ConsistencyInferer(Inferer):
     """The student's consistency function f_θ(x_t, t) (B, 3, h, w), float32, as a MONAI inferer.
 
     Args:
-        scheduler: the training noise schedule (``alphas_cumprod``, ``prediction_type``).
-        timestep_scaling, sigma_data: the boundary-condition constants (10, 0.5).
+        consistency: ``consistency_parameterisation``'s function, the one the targets use.
     """
 
-    def __init__(self, scheduler, timestep_scaling: float = TIMESTEP_SCALING, sigma_data: float = SIGMA_DATA) -> None:
+    def __init__(self, consistency) -> None:
         super().__init__()
-        self.scheduler = scheduler
-        self.timestep_scaling = float(timestep_scaling)
-        self.sigma_data = float(sigma_data)
+        self.consistency = consistency
 
     def __call__(self, inputs: torch.Tensor, network, timesteps: torch.Tensor, condition: torch.Tensor, **kwargs):
-        output = network(inputs, timesteps=timesteps, context=condition)
-        return consistency_function(
-            output,
-            inputs,
-            timesteps,
-            self.scheduler.alphas_cumprod,
-            self.scheduler.prediction_type,
-            self.timestep_scaling,
-            self.sigma_data,
-        )
+        return self.consistency(network(inputs, timesteps=timesteps, context=condition), inputs, timesteps)
 
 
 class PseudoHuberLoss(torch.nn.Module):

@@ -91,6 +91,7 @@ DIFFERENT = {
     "batch_size": "evaluation samples 8 images per UNet call",
     "num_inference_steps": "stage 2's sample images use 50 steps; inference 20; tiny runs 2 or 3",
     "precision": "inference resolves autocast_dtype; stage 2's sample images run in float32",
+    "decoder_precision": "inference resolves decode_dtype; stage 2's sample images decode in float32",
     "channels_last": "a speed switch of inference; training samples plainly",
     "compiled": "inference compiles by compile auto; a training network's weights change, so it never compiles",
     "progress": "inference shows progress bars; training and tiny runs do not",

@@ -84,7 +84,12 @@ def test_speed_switches_and_the_run_size_leave_names_alone_and_settings_change_t
         name, _ = first_name(**overrides)
         assert name == base, overrides
     assert first_name(num_samples=2)[1] is True
-    for overrides in ({"guidance_scale": 6.0}, {"autocast_dtype": "bfloat16"}, {"cache_interval": 2}):
+    for overrides in (
+        {"guidance_scale": 6.0},
+        {"autocast_dtype": "bfloat16"},
+        {"cache_interval": 2},
+        {"decode_dtype": "bfloat16"},
+    ):
         assert first_name(**overrides)[0] != base, overrides
 
 

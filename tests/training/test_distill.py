@@ -1,4 +1,5 @@
-"""Latent consistency distillation through the CLI: it trains, resumes, and its student samples with ``lcm``.
+"""Consistency distillation through the CLI: it trains, resumes, logs its distance to the teacher, and its student
+samples with ``pcm`` (the default method's sampler) and ``lcm``.
 
 The teacher is a tiny random UNet (this bundle's layout); the data, 24 synthetic subjects at 64 px.
 """
@@ -53,10 +54,15 @@ def test_distillation_trains_a_student_and_resumes(distilled):
     series = scalar_series(student / "logs", "train_loss")
     assert [step for step, _ in series] == list(range(1, 13)) and all(value > 0 for _, value in series)
     assert len(scalar_series(student / "logs", "val_loss")) == 2
-    assert "samples" in image_tags(student / "logs"), "LCM samples of the student are logged every epoch"
+    assert "samples" in image_tags(student / "logs"), "samples of the student are logged every epoch"
+    # the teacher distance: at the start of each run and once an epoch (the tiny overlay's interval, 6 iterations)
+    distances = scalar_series(student / "logs", "teacher_distance")
+    assert [step for step, _ in distances] == [0, 6, 6, 12] and all(value > 0 for _, value in distances)
+    assert distances[1][1] == pytest.approx(distances[2][1], rel=1e-4), "the resumed run starts where the first ended"
 
 
-def test_student_samples_with_lcm_and_the_manifest_names_it(distilled, tmp_path):
+@pytest.mark.parametrize("scheduler_name", ["pcm", "lcm"])
+def test_student_samples_with_its_scheduler_and_the_manifest_names_it(distilled, tmp_path, scheduler_name):
     import pydicom
 
     from scripts.common.hashing import fingerprint
@@ -66,7 +72,7 @@ def test_student_samples_with_lcm_and_the_manifest_names_it(distilled, tmp_path)
         distilled["teacher"],
         tmp_path / "out",
         diffusion_path=str(student),
-        scheduler_name="lcm",
+        scheduler_name=scheduler_name,
         guidance_scale=1,
         num_inference_steps=2,
         num_samples=2,
@@ -75,12 +81,12 @@ def test_student_samples_with_lcm_and_the_manifest_names_it(distilled, tmp_path)
     assert len(images) == 2
     with open(tmp_path / "out" / "manifest.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert {row["scheduler"] for row in rows} == {"lcm"} and {row["guidance_scale"] for row in rows} == {"1"}
+    assert {row["scheduler"] for row in rows} == {scheduler_name} and {row["guidance_scale"] for row in rows} == {"1"}
     assert {row["diffusion_weights"] for row in rows} == {fingerprint(str(student))}
     assert fingerprint(str(student)) != fingerprint(str(distilled["teacher"] / "model.pt"))
 
     comments = json.loads(pydicom.dcmread(images[0]).ImageComments.split(". ", 1)[1])
-    assert comments["scheduler"] == "lcm" and comments["diffusion_weights"] == fingerprint(str(student))
+    assert comments["scheduler"] == scheduler_name and comments["diffusion_weights"] == fingerprint(str(student))
 
 
 def test_two_ranks_distil_one_student(distilled, tmp_path):

@@ -1,0 +1,180 @@
+"""The distillation step's target against an independent computation, in-process on tiny random networks.
+
+The independent side rebuilds the noise schedule from its formula (betas = linspace(√0.0015, √0.0205, 1000)²),
+hard-codes the 4-phase edges (999 | 759 | 499 | 259 | clean) and runs the guided teacher's DDIM steps of 20
+timesteps one sample at a time in float64, with v-prediction written out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers.bundle import tiny_parser
+from helpers.networks import make_tiny_text_encoder, randomize_zero_layers
+
+GUIDANCE = 7.0
+#: timestep -> its phase's lower edge (None: the clean end), for 4 phases of the 50-step schedule
+EDGES = {999: 759, 779: 759, 759: 499, 519: 499, 259: None, 19: None}
+
+
+@pytest.fixture(scope="module")
+def parts(tokenizer):
+    from scripts.networks.schedulers import build_scheduler
+    from scripts.networks.text import encode_ids, null_prompt_ids, prompt_ids
+
+    parser = tiny_parser()
+    torch.manual_seed(0)
+    teacher = randomize_zero_layers(parser.get_parsed_content("network_def")).eval()
+    target = randomize_zero_layers(parser.get_parsed_content("network_def", lazy=False)).eval()
+    assert target is not teacher
+    text_encoder = make_tiny_text_encoder()
+    timesteps = torch.tensor(list(EDGES))
+    prompts = ["Big right-sided pleural effusion", "Cardiomegaly", "", "Left effusion", "No finding", "Edema"]
+    with torch.no_grad():
+        context = encode_ids(text_encoder, prompt_ids(tokenizer, prompts))
+        null = encode_ids(text_encoder, prompt_ids(tokenizer, [""]))
+    return {
+        "parser": parser,
+        "teacher": teacher,
+        "target": target,
+        "text_encoder": text_encoder,
+        "autoencoder": parser.get_parsed_content("autoencoder_def").eval(),
+        "scheduler": build_scheduler("ddpm", **parser.get_parsed_content("noise_schedule")),
+        "null_ids": null_prompt_ids(tokenizer, "empty_prompt"),
+        "noisy": torch.randn(len(timesteps), 3, 8, 8, generator=torch.Generator().manual_seed(1)),
+        "timesteps": timesteps,
+        "context": context,
+        "null": null,
+    }
+
+
+def _prepare(parts, method: str, teacher_steps):
+    from scripts.training.distillation import ConsistencyDistillationPrepareBatch, consistency_parameterisation
+
+    return ConsistencyDistillationPrepareBatch(
+        autoencoder=parts["autoencoder"],
+        text_encoder=parts["text_encoder"],
+        scheduler=parts["scheduler"],
+        scale_factor=1.0,
+        teacher=parts["teacher"],
+        target_network=parts["target"],
+        null_prompt_ids=parts["null_ids"],
+        consistency=consistency_parameterisation(method, parts["scheduler"], num_phases=4),
+        guidance_scale_range=(GUIDANCE, GUIDANCE),
+        teacher_steps=teacher_steps,
+    )
+
+
+def _alpha_bar():
+    betas = torch.linspace(math.sqrt(0.0015), math.sqrt(0.0205), 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0)
+
+
+def _levels(t):
+    """(√ᾱ, √(1−ᾱ)) at t; None is the clean end."""
+    alpha_bar = 1.0 if t is None else float(_alpha_bar()[t])
+    return math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+
+
+def _move(v, x, t, s):
+    """DDIM from t to s along a v-prediction, float64."""
+    a, sigma = _levels(t)
+    clean, noise = a * x - sigma * v, sigma * x + a * v
+    a_s, sigma_s = _levels(s)
+    return a_s * clean + sigma_s * noise
+
+
+def _unet(network, x, t, context):
+    with torch.no_grad():
+        return network(x.float()[None], timesteps=torch.tensor([t]), context=context[None]).double()[0]
+
+
+def _teacher_step(parts, x, t, context):
+    uncond, cond = _unet(parts["teacher"], x, t, parts["null"][0]), _unet(parts["teacher"], x, t, context)
+    s = t - 20 if t >= 20 else None
+    return _move(uncond + GUIDANCE * (cond - uncond), x, t, s), s
+
+
+def _count_calls(network):
+    calls = []
+    handle = network.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    return calls, handle
+
+
+def test_phased_target_is_the_guided_teachers_ddim_solution_to_the_phase_edge(parts):
+    prepare = _prepare(parts, "pcm", "phase")
+    calls, handle = _count_calls(parts["target"])
+    try:
+        result = prepare.targets(parts["noisy"], parts["timesteps"], parts["context"])
+    finally:
+        handle.remove()
+    assert calls == [], "a whole-phase teacher leaves nothing to the target network"
+    for i, (t, edge) in enumerate(EDGES.items()):
+        x, current = parts["noisy"][i].double(), t
+        while current is not None and (edge is None or current > edge):
+            x, current = _teacher_step(parts, x, current, parts["context"][i])
+        torch.testing.assert_close(result[i].double(), x, rtol=1e-4, atol=2e-5, msg=f"t = {t}")
+
+
+def test_one_teacher_step_then_the_target_networks_move_to_the_phase_edge(parts):
+    prepare = _prepare(parts, "pcm", 1)
+    calls, handle = _count_calls(parts["target"])
+    try:
+        result = prepare.targets(parts["noisy"], parts["timesteps"], parts["context"])
+    finally:
+        handle.remove()
+    # one step takes 779 to 759, 519 to 499 and 19 to the clean end: only 999, 759 and 259 need θ⁻
+    assert calls == [3]
+    for i, (t, edge) in enumerate(EDGES.items()):
+        x, current = _teacher_step(parts, parts["noisy"][i].double(), t, parts["context"][i])
+        if current is not None and (edge is None or current > edge):
+            v = _unet(parts["target"], x, current, parts["context"][i])
+            x = _move(v, x, current, edge)
+        torch.testing.assert_close(result[i].double(), x, rtol=1e-4, atol=2e-5, msg=f"t = {t}")
+
+
+def test_lcm_target_is_one_teacher_step_then_the_target_networks_boundary_condition(parts):
+    prepare = _prepare(parts, "lcm", 1)
+    result = prepare.targets(parts["noisy"], parts["timesteps"], parts["context"])
+    for i, t in enumerate(EDGES):
+        x_t, context = parts["noisy"][i].double(), parts["context"][i]
+        uncond, cond = _unet(parts["teacher"], x_t, t, parts["null"][0]), _unet(parts["teacher"], x_t, t, context)
+        previous = max(t - 20, 0)  # LCM's last teacher step lands on timestep 0 (ᾱ_0 < 1), where f is the identity
+        x = _move(uncond + GUIDANCE * (cond - uncond), x_t, t, previous)
+        if previous > 0:
+            v = _unet(parts["target"], x, previous, context)
+            a, sigma = _levels(previous)
+            scaled = previous * 10.0
+            c_skip, c_out = 0.25 / (scaled**2 + 0.25), scaled / math.sqrt(scaled**2 + 0.25)
+            x = c_skip * x + c_out * (a * x - sigma * v)
+        torch.testing.assert_close(result[i].double(), x, rtol=1e-4, atol=2e-5, msg=f"t = {t}")
+
+
+def test_the_student_is_trained_on_the_function_the_phased_sampler_steps_with(parts):
+    """The inferer's f_θ at a phase's upper edge is the pcm scheduler's step at the same timestep."""
+    from scripts.networks.schedulers import build_scheduler
+    from scripts.training.distillation import ConsistencyInferer, consistency_parameterisation
+
+    inferer = ConsistencyInferer(consistency_parameterisation("pcm", parts["scheduler"], num_phases=4))
+    sampler = build_scheduler("pcm", **parts["parser"].get_parsed_content("noise_schedule"))
+    sampler.set_timesteps(4)
+    assert sampler.timesteps.tolist() == [999, 759, 499, 259]
+    for t in sampler.timesteps.tolist():
+        timesteps = torch.full((len(parts["noisy"]),), t)
+        with torch.no_grad():
+            trained = inferer(parts["noisy"], parts["teacher"], timesteps=timesteps, condition=parts["context"])
+            output = parts["teacher"](parts["noisy"], timesteps=timesteps, context=parts["context"])
+        stepped, _ = sampler.step(output, t, parts["noisy"])
+        torch.testing.assert_close(trained, stepped, rtol=1e-5, atol=1e-6, msg=f"t = {t}")
+
+
+def test_bad_method_and_teacher_steps_are_refused_in_one_line(parts):
+    from scripts.training.distillation import consistency_parameterisation
+
+    with pytest.raises(ValueError, match="distill_method must be one of"):
+        consistency_parameterisation("pcmm", parts["scheduler"])
+    with pytest.raises(ValueError, match="teacher_steps must be an integer >= 1 or 'phase'"):
+        _prepare(parts, "pcm", 0)
