@@ -83,7 +83,11 @@ def test_auto_decodes_in_bf16_where_the_unets_auto_would(tiny_model_dir, tmp_pat
     from helpers.bundle import tiny_run_settings
 
     monkeypatch.setattr(precision, "bf16_native", lambda device: native)
-    monkeypatch.setattr(precision, "cpu_probe", lambda: {"float32_ms": 1.0, "bfloat16_ms": 2.0, "cached": True, "cache_file": "probe.json"})
+    monkeypatch.setattr(
+        precision,
+        "cpu_probe",
+        lambda: {"float32_ms": 1.0, "bfloat16_ms": 2.0, "cached": True, "cache_file": "probe.json"},
+    )
     parser = tiny_parser(**tiny_run_settings(tiny_model_dir, tmp_path / "out", decode_dtype="auto"))
     assert parser.get_parsed_content("sampler").decode_precision == expected
     default = tiny_parser(**tiny_run_settings(tiny_model_dir, tmp_path / "out"))
