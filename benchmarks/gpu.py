@@ -9,14 +9,18 @@ Parts, in the order they run (the most important figures first; ``--parts`` sele
    bf16 peak).
 2. ``levers``: at ``lever_batch_size``, the default eager, each speed lever alone (``benchmarks.gpu_levers``:
    bf16 weights, bf16 decoding, twice the batch, cuDNN autotuning, FlashAttention / cuDNN / memory-efficient
-   attention, compile, CUDA graphs, float8, max-autotune), then the best combination of those at parity at the
-   batch and twice it; each row with its parity against float32 on the same seeds; the best recipe at parity, its
-   fraction of the bound and where its time goes; where the UNet's FLOPs go (``flop_shares``).
+   attention, compile, CUDA graphs, float8), then the best combination of those at parity at the batch and twice
+   it; each row with its parity against float32 on the same seeds; the best recipe at parity, its fraction of the
+   bound and where its time goes; where the UNet's FLOPs go (``flop_shares``).
 3. ``student``: the distilled few-step student (``--student_weights``; LCM, 4 steps, guidance 1) eager and with
    the best combination.
 4. ``editing``, 5. ``dataset``, 6. ``app``: the editing workflow at the lever batch, the data-set workflow with its
    filters, and the app's time to first image (``benchmarks.gpu_workflows``).
-7. ``training``: iterations of each stage through the training configs at full size under bf16 autocast.
+7. ``autotune``: ``torch.compile``'s max-autotune alone (minutes of tuning, so after everything else).
+8. ``training``: iterations of each stage through the training configs at full size under bf16 autocast.
+
+``summary`` (written after every part): the fastest recipe at parity of all rows, its fraction of the bound and
+whether it reaches half of it.
 
 Each part (and each lever row) is written to the JSON as soon as it ends, so a run cut short still returns what it
 measured; a part or a lever that fails records its error and the others still run. A lever that needs what the
@@ -42,7 +46,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.gpu_levers import LEVERS, Bench, Machine, feature_extractor, flop_shares, levers_part
+from benchmarks.gpu_levers import (
+    LEVERS,
+    Bench,
+    Machine,
+    best_summary,
+    feature_extractor,
+    flop_shares,
+    late_levers_part,
+    levers_part,
+)
 from benchmarks.sampling_benchmark import (
     REFERENCE,
     build_networks,
@@ -63,34 +76,26 @@ from scripts.common.configs import (
 
 #: Dense bf16 peak of the H100 SXM (the H200 has the same tensor cores), TFLOP/s.
 H100_BF16_TFLOPS = 989.0
-PARTS = ("sampling", "levers", "student", "editing", "dataset", "app", "training")
+PARTS = ("sampling", "levers", "student", "editing", "dataset", "app", "autotune", "training")
 LEVER_NAMES = tuple(lever.name for lever in LEVERS)
-#: Seconds each part or row takes at full size on an H100/H200 (16 CPU cores), for ``--budget_s``: from the H200
-#: run of docs/gpu_benchmark_h200.json (sampling 54 s with its network build, a batch-32 default run 2.4 s, a
-#: compile 33-37 s, training 31 s); the others are estimates (a row: a warm-up and 2 timed runs; max-autotune
-#: tunes every convolution and matrix shape, minutes; the workflows load networks or write 1.4 GB of weights).
+#: Levers whose preparation takes minutes: measured in the autotune part, after the workflows.
+LATE_LEVERS = ("max_autotune",)
+DEFAULT_LEVERS = tuple(name for name in LEVER_NAMES if name not in LATE_LEVERS)
+#: Seconds each part (its own work; "levers" and "autotune" without their rows) or row takes at full size on an
+#: H100/H200 with 16 CPU cores, for ``--budget_s``. From the H200 run of docs/gpu_benchmark_h200.json: the sampling
+#: part took 54 s with its network build (the build: ~25 s, now once per run, "setup"); a batch-32 default run
+#: 2.4 s, so an eager row (a warm-up and 2 timed runs, parity) ~8 s; a compile 33-37 s, so a compiled row ~45 s;
+#: training 31 s. Estimated: float8 (conversion, a larger graph) 60 s; max-autotune, which tunes each convolution
+#: and matrix shape, 240 s; the workflows load or write networks (1.4 GB of weights for the app's process) and
+#: run 32-64 images. All together ~550 s without max-autotune and training: with the default budget those two run
+#: only when the others were quicker than estimated (``--parts`` runs them on their own).
 ESTIMATES_S = {
-    "setup": 30,
-    "sampling": 30,
-    "levers": 25,
-    "lever:bf16_weights": 10,
-    "lever:decode_bf16": 10,
-    "lever:double_batch": 15,
-    "lever:cudnn_benchmark": 10,
-    "lever:sdpa_flash": 10,
-    "lever:sdpa_cudnn": 10,
-    "lever:sdpa_efficient": 10,
-    "lever:compile": 50,
-    "lever:cuda_graphs": 50,
-    "lever:fp8": 70,
-    "lever:max_autotune": 240,
-    "combination": 60,
-    "student": 45,
-    "editing": 35,
-    "dataset": 60,
-    "app": 45,
+    "setup": 25, "sampling": 30, "levers": 25, "lever:bf16_weights": 8, "lever:decode_bf16": 8,
+    "lever:double_batch": 15, "lever:cudnn_benchmark": 8, "lever:sdpa_flash": 8, "lever:sdpa_cudnn": 8,
+    "lever:sdpa_efficient": 8, "lever:compile": 45, "lever:cuda_graphs": 45, "lever:fp8": 60, "combination": 50,
+    "student": 45, "editing": 20, "dataset": 45, "app": 45, "autotune": 5, "lever:max_autotune": 240,
     "training": 35,
-}
+}  # fmt: skip
 #: What the JSON holds; the test checks every field is there.
 SAMPLING_FIELDS = ("batch_size", "images_per_s", "per_image_s", "peak_memory_gib", "bound_fraction")
 LEVER_FIELDS = (
@@ -271,6 +276,30 @@ def levers(run: Run, budget: Budget, save: Callable[[dict], None]) -> dict:
 
     report = levers_part(bench, names, int(run.options["lever_batch_size"]), budget.check, save_with_shares)
     return {**report, "flop_shares": shares}
+
+
+def autotune(run: Run, budget: Budget) -> dict:
+    """``benchmarks.gpu_levers.late_levers_part``: max-autotune alone at the lever batch."""
+    names = list(run.options["late_levers"])
+    unknown = sorted(set(names) - set(LEVER_NAMES))
+    if unknown:
+        raise ValueError(f"unknown levers {unknown}: choose from {list(LEVER_NAMES)}")
+    return late_levers_part(run.bench(), names, int(run.options["lever_batch_size"]), budget.check)
+
+
+def summarize(report: dict) -> dict | None:
+    """The fastest recipe at parity among every row of the levers and autotune parts (``best_summary``)."""
+    levers, late = report.get("levers") or {}, report.get("autotune") or {}
+    bound = levers.get("bound_images_per_s") or (report.get("sampling") or {}).get("bound_images_per_s")
+    rows = [levers.get("default"), *(levers.get("rows") or {}).values()]
+    rows += [
+        *(levers.get("combination") or {}).get("rows", []),
+        late.get("default"),
+        *(late.get("rows") or {}).values(),
+    ]
+    if not bound or not any(rows):
+        return None
+    return best_summary(rows, bound)
 
 
 def best_levers(levers_report: dict | None) -> list[str]:
@@ -490,6 +519,7 @@ def part_functions(run: Run, report: dict, path: Path, budget: Budget) -> dict[s
         "editing": lambda: editing_part(flows(), batch),
         "dataset": lambda: dataset_part(flows(), options["dataset_images"], batch, options["dataset_subjects"]),
         "app": lambda: app_part(flows(), _config_files(run.tiny)),
+        "autotune": lambda: autotune(run, budget),
         "training": lambda: training_part(
             run.device,
             run.tiny,
@@ -508,7 +538,8 @@ def main(
     parts=PARTS,
     batch_sizes=(1, 8, 32),
     lever_batch_size: int = 32,
-    levers=LEVER_NAMES,
+    levers=DEFAULT_LEVERS,
+    late_levers=LATE_LEVERS,
     repeats: int = 2,
     parity_images: int = 8,
     autocast_dtype: str = "auto",
@@ -521,7 +552,7 @@ def main(
     train_amp_dtype: str = "bfloat16",
     train_image_size: int | None = None,
     peak_tflops: float = H100_BF16_TFLOPS,
-    budget_s: float | None = 570.0,
+    budget_s: float | None = 560.0,
     work_dir: str | None = None,
 ) -> dict:
     """Measure and write ``<output_dir>/gpu_benchmark.json`` (see the module docstring).
@@ -534,7 +565,8 @@ def main(
         batch_sizes: the default's batch sizes in the sampling part.
         lever_batch_size: the batch of the levers (and of the combination, with twice it), the student, editing
             and the data set.
-        levers: which of ``LEVER_NAMES`` to measure alone, in that order.
+        levers: which of ``LEVER_NAMES`` the levers part measures alone, in that order (default: all but
+            ``LATE_LEVERS``); late_levers: those the autotune part measures.
         repeats: timed whole runs per measurement (median), after a warm-up run.
         parity_images: images (seeds 0, 1, ...) of each row compared with float32.
         autocast_dtype: the default's precision setting ("auto": bf16 on a GPU).
@@ -545,7 +577,7 @@ def main(
             default: the config's, 512; 64 when tiny).
         peak_tflops: the card's dense bf16 peak, TFLOP/s (H100 SXM and H200: 989).
         budget_s: seconds the run may take; a part or lever row whose ``ESTIMATES_S`` (full size on an H100/H200)
-            would not fit is skipped and says so. None: no limit (also for ``tiny`` runs).
+            would not fit in what is left is skipped and says so. None: no limit.
         work_dir: where the workflows write (weights, data, images); default: a temporary folder, removed after.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -556,17 +588,21 @@ def main(
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown parts {unknown}: choose from {list(PARTS)}")
-    options = {key: value for key, value in locals().items() if key not in ("device", "out", "path", "output_dir")}
-    options["levers"] = [levers] if isinstance(levers, str) else list(levers)
+    options = {key: value for key, value in locals().items() if key not in ("device", "out", "path", "unknown")}
+    for key in ("levers", "late_levers"):
+        options[key] = [options[key]] if isinstance(options[key], str) else list(options[key])
     report: dict = {"command": {**options, "device": str(device)}, "environment": environment(device)}
     save_report(report, path)
     print(f"[gpu benchmark] {json.dumps(report['environment'], default=str)}", flush=True)
-    budget = Budget(None if tiny else budget_s, ESTIMATES_S)
+    budget = Budget(budget_s, ESTIMATES_S)
     with tempfile.TemporaryDirectory() if work_dir is None else _folder(work_dir) as work:
         run = Run(device, bool(tiny), options, Path(work))
         functions = part_functions(run, report, path, budget)
         for name in [part for part in PARTS if part in parts]:
             run_part(report, path, name, functions[name], budget)
+            if name in ("levers", "autotune"):
+                report["summary"] = summarize(report)
+                save_report(report, path)
     print(f"[gpu benchmark] written {path}", flush=True)
     return report
 

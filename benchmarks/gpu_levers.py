@@ -212,16 +212,34 @@ def to_float8(unet: torch.nn.Module) -> torch.nn.Module:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     chosen = set(fp8_layer_names(unet))
-    quantize_(
-        unet,
-        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-        filter_fn=lambda module, name: name in chosen,
-    )
+    # set_inductor_config=False: torchao would otherwise change inductor's settings (and float32 matmul precision)
+    # for the whole process, and with them every later row
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(unet, config, filter_fn=lambda module, name: name in chosen)
     return unet
 
 
+class AttentionBackendUNet(torch.nn.Module):
+    """A UNet whose calls run with PyTorch's fused attention restricted to ``backend`` (an ``SDPBackend`` name).
+
+    Only the UNet's attention is restricted (the float32 text encoder has no FlashAttention kernel). Around a
+    compiled UNet the restriction holds while the graph is traced, which picks the kernel it compiles.
+    """
+
+    def __init__(self, unet: torch.nn.Module, backend: str) -> None:
+        super().__init__()
+        self.unet, self.backend = unet, backend
+
+    def forward(self, *args, **kwargs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([getattr(SDPBackend, self.backend)]):
+            return self.unet(*args, **kwargs)
+
+
 def prepare_unet(unet: torch.nn.Module, recipe: Lever) -> torch.nn.Module:
-    """The UNet a recipe samples with: a bf16 (and float8) copy when it asks, compiled in its mode."""
+    """The UNet a recipe samples with: a bf16 (and float8) copy when it asks, compiled in its mode, its attention
+    restricted to one kernel."""
     if recipe.bf16_weights or recipe.fp8:
         unet = copy.deepcopy(unet).to(torch.bfloat16)
     if recipe.fp8:
@@ -231,6 +249,8 @@ def prepare_unet(unet: torch.nn.Module, recipe: Lever) -> torch.nn.Module:
         unet = torch.compile(
             unet, mode=None if recipe.compile_mode == "default" else recipe.compile_mode, dynamic=False
         )
+    if recipe.attention:
+        unet = AttentionBackendUNet(unet, recipe.attention)
     return unet
 
 
@@ -253,12 +273,8 @@ def prepare_autoencoder(autoencoder: torch.nn.Module, recipe: Lever) -> torch.nn
 
 @contextlib.contextmanager
 def running(recipe: Lever):
-    """The global switches of a recipe while it runs: the attention kernel, cuDNN's autotuning."""
+    """The global switches of a recipe while it runs: cuDNN's autotuning (of every network's convolutions)."""
     with contextlib.ExitStack() as stack:
-        if recipe.attention:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            stack.enter_context(sdpa_kernel([getattr(SDPBackend, recipe.attention)]))
         if recipe.cudnn_benchmark:
             stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=True))
         yield
@@ -530,7 +546,25 @@ def levers_part(bench: Bench, names, batch_size: int, check_budget: Callable[[st
             save(report)
     else:
         report["combination"]["note"] = "no lever was at parity and faster than the default"
-    report.update(best_summary(report, bench))
+    rows = [report["default"], *report["rows"].values(), *report["combination"]["rows"]]
+    report.update(best_summary(rows, bench.bound_images_per_s))
+    return report
+
+
+def late_levers_part(bench: Bench, names, batch_size: int, check_budget: Callable[[str], str | None]) -> dict:
+    """Levers too slow to prepare for the main levers part (max-autotune: minutes of tuning), each alone at
+    ``batch_size``, against the same yardstick (measured here first when the levers part has not run)."""
+    report: dict = {"batch_size": int(batch_size), "criterion": PARITY_CRITERION, "rows": {}}
+    if bench.reference is None or bench.yardstick is None:
+        make_reference(bench)
+        bench.yardstick = None
+        report["default"] = measure(bench, NO_LEVER, batch_size)
+    for name in names:
+        reason = check_budget(f"lever:{name}")
+        lever = LEVER_BY_NAME[name]
+        row = {"recipe": name, "what": lever.what, "skipped": reason} if reason else measure(bench, lever, batch_size)
+        report["rows"][name] = row
+        bench.log(f"lever {name}: {summary_line(row)}")
     return report
 
 
@@ -544,12 +578,11 @@ def summary_line(row: dict) -> str:
     )
 
 
-def best_summary(report: dict, bench: Bench) -> dict:
-    """The fastest row at parity among the default, the levers and the combinations; whether it reaches
-    ``TARGET_BOUND_FRACTION``; what each part of its image costs."""
-    rows = [report["default"], *report["rows"].values(), *report["combination"]["rows"]]
-    best = best_row(rows)
-    summary = {"target_bound_fraction": TARGET_BOUND_FRACTION, "bound_images_per_s": bench.bound_images_per_s}
+def best_summary(rows: Iterable[dict | None], bound_images_per_s: float) -> dict:
+    """The fastest row at parity among ``rows``; whether it reaches ``TARGET_BOUND_FRACTION`` of the bound; what
+    share of its time goes to text encoding, the UNet steps and decoding."""
+    best = best_row(row for row in rows if row)
+    summary = {"target_bound_fraction": TARGET_BOUND_FRACTION, "bound_images_per_s": bound_images_per_s}
     if best is None:
         return {**summary, "best": None, "target_met": False}
     steps = best["steps"]
@@ -560,9 +593,8 @@ def best_summary(report: dict, bench: Bench) -> dict:
         "unet_steps": steps * best["step_s"] / per_batch,
         "decode": best["decode_s"] / per_batch,
     }
-    summary["best"]["unet_only_bound_fraction"] = (
-        best["batch_size"] / (steps * best["step_s"]) / bench.bound_images_per_s
-    )  # the UNet steps alone against the bound, which counts only them
+    # the UNet steps alone against the bound, which counts only them
+    summary["best"]["unet_only_bound_fraction"] = best["batch_size"] / (steps * best["step_s"]) / bound_images_per_s
     summary["target_met"] = best["bound_fraction"] >= TARGET_BOUND_FRACTION
     return summary
 
