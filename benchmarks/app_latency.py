@@ -22,8 +22,9 @@ from pathlib import Path
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_random_weights(weights_dir: Path) -> Path:
-    """Random full-size autoencoder.pt, model.pt (this bundle's layout) and text_encoder/ in ``weights_dir``."""
+def write_random_weights(weights_dir: Path, config_files=None) -> Path:
+    """Random autoencoder.pt, model.pt (this bundle's layout) and text_encoder/ in ``weights_dir``, of the networks of
+    ``config_files`` (default: configs/inference.json, full size); kept when already there."""
     import torch
 
     from benchmarks.sampling_benchmark import random_text_encoder
@@ -33,7 +34,7 @@ def write_random_weights(weights_dir: Path) -> Path:
     weights_dir.mkdir(parents=True, exist_ok=True)
     if (weights_dir / "model.pt").is_file() and (weights_dir / "text_encoder").is_dir():
         return weights_dir
-    parser = load_parser(INFERENCE_CONFIGS)
+    parser = load_parser(config_files or INFERENCE_CONFIGS)
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), weights_dir / "autoencoder.pt")
     unet = fill_zero_initialised(parser.get_parsed_content("network_def"))

@@ -282,8 +282,13 @@ def time_recipe(
     repeats: int,
     device: torch.device,
     cache_null: bool,
+    outputs: dict | None = None,
 ) -> dict:
-    """Seconds per image of one recipe and its parts (medians), with the peak memory of its timed runs."""
+    """Seconds per image of one recipe and its parts (medians), with the peak memory of its timed runs.
+
+    ``outputs``, when given, receives the last run's clean ``latents`` (B, *latent_shape) and decoded ``images``
+    (B, 1, H, W) in [0, 1] (seeds 0 .. B-1), for parity measurements.
+    """
     from scripts.networks.text import encode_ids, prompt_ids
     from scripts.sampling.sampler import initial_latents
 
@@ -308,7 +313,9 @@ def time_recipe(
         loop_s, latents, first_loop_s = _timed(
             lambda: sampler.denoise(unet, start, context, uncond_cached, seeds=seeds), device, repeats
         )
-        decode_s, _, _ = _timed(lambda: sampler.decode(latents), device, repeats)
+        decode_s, images, _ = _timed(lambda: sampler.decode(latents), device, repeats)
+    if outputs is not None:
+        outputs.update(latents=latents, images=images)
     step_s = loop_s / run_steps
     total_s = text_s + steps * step_s + decode_s
     return {
