@@ -12,7 +12,7 @@ Parts, in the order they run (the most important figures first; ``--parts`` sele
    attention, compile, CUDA graphs, float8), then the best combination of those at parity at the batch and twice
    it; each row with its parity against float32 on the same seeds; the best recipe at parity, its fraction of the
    bound and where its time goes; where the UNet's FLOPs go (``flop_shares``).
-3. ``student``: the distilled few-step student (``--student_weights``; LCM, 4 steps, guidance 1) eager and with
+3. ``student``: the distilled few-step student (``--student_weights``; PCM, 4 steps, guidance 1) eager and with
    the best combination.
 4. ``editing``, 5. ``dataset``, 6. ``app``: the editing workflow at the lever batch, the data-set workflow with its
    filters, and the app's time to first image (``benchmarks.gpu_workflows``).
@@ -571,7 +571,7 @@ def main(
         parity_images: images (seeds 0, 1, ...) of each row compared with float32.
         autocast_dtype: the default's precision setting ("auto": bf16 on a GPU).
         student_weights: the distilled student's UNet weights (this bundle's layout); default: the run's UNet.
-        student_settings: sampler settings of the student (default ``STUDENT_SETTINGS``: lcm, 4 steps, guidance 1).
+        student_settings: sampler settings of the student (default ``STUDENT_SETTINGS``: pcm, 4 steps, guidance 1).
         dataset_images: images of the data set; dataset_subjects: synthetic subjects of its real data.
         train_iterations / train_batch_size / train_amp_dtype / train_image_size: the training part (image size
             default: the config's, 512; 64 when tiny).

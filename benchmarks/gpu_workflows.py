@@ -3,7 +3,7 @@ filters, and the app's time to first image. Each runs through the bundle's own c
 the run built (random weights unless the config's files exist; timing does not depend on them).
 
 - ``student_part``: a distilled student (a UNet weights file, or the teacher's weights for timing) sampled with its
-  settings (``STUDENT_SETTINGS``: LCM, 4 steps, guidance 1), eager and with the best lever combination, each with
+  settings (``STUDENT_SETTINGS``: PCM, 4 steps, guidance 1), eager and with the best lever combination, each with
   its parity against the student's own float32 run (``benchmarks.gpu_levers``).
 - ``editing_part``: ``configs/edit.json`` on an edits file of ``batch_size`` edits (radiographs drawn by
   ``scripts.data.synthetic``, an edit and a keep mask), at ``batch_size``: a warm-up run, then a timed one.
@@ -34,7 +34,7 @@ EDIT = str(CONFIGS / "edit.json")
 APP = str(CONFIGS / "app.json")
 DATASET = str(CONFIGS / "dataset.json")
 #: How a distilled student samples (docs/distillation.md).
-STUDENT_SETTINGS = {"scheduler_name": "lcm", "num_inference_steps": 4, "guidance_scale": 1}
+STUDENT_SETTINGS = {"scheduler_name": "pcm", "num_inference_steps": 4, "guidance_scale": 1}
 #: The page's settings of a generate request that decide its time.
 REQUEST_KEYS = ("num_inference_steps", "guidance_scale", "scheduler_name")
 
