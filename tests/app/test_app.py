@@ -320,18 +320,27 @@ def test_health_answers_a_supervisor(app):
         assert json.loads(response.read()) == {"status": "ok", "running": 0, "waiting": 0}
 
 
-def test_eight_concurrent_clients_each_get_their_images(app):
+def test_eight_concurrent_clients_each_get_their_images(app, tiny_model_dir, tmp_path):
+    """Eight clients at once each get the image of their own seed: its pixels equal the command line's."""
     from gradio_client import Client
 
     def one_client(seed: int):
-        gallery, downloads, table = _generate(Client(app["url"], verbose=False), 1000 + seed)
+        gallery, downloads, table = _generate(Client(app["url"], verbose=False), seed)
         return seed, gallery, table
 
+    seeds = [1000 + index for index in range(8)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(one_client, range(8)))
+        answers = list(pool.map(one_client, seeds))
+    prompts_file = tmp_path / "prompts.csv"
+    prompts_file.write_text("prompt,seed\n" + "".join(f"{PROMPT},{seed}\n" for seed in seeds))
+    settings = {key: DEFAULTS[key] for key in ("num_inference_steps", "guidance_scale", "scheduler_name")}
+    references = run_inference(tiny_model_dir, tmp_path / "cli", prompts_file=str(prompts_file), **settings)
+    assert len(references) == 8
+    by_seed = {int(path.name.split("_seed")[1].split("_")[0]): path for path in references}
     for seed, gallery, table in answers:
-        assert len(gallery) == 1 and Path(gallery[0]["image"]).is_file()
-        assert [row[3] for row in table["data"]] == [str(1000 + seed)]
+        assert len(gallery) == 1 and [row[3] for row in table["data"]] == [str(seed)]
+        received = _pixels(Path(gallery[0]["image"]).read_bytes())
+        np.testing.assert_array_equal(received, _pixels(by_seed[seed].read_bytes()), err_msg=f"seed {seed}")
     assert len({Path(gallery[0]["image"]).name for _, gallery, _ in answers}) == 8
     assert _get(app["url"])  # still up
 

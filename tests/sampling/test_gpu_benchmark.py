@@ -58,7 +58,11 @@ def test_gpu_script_runs_every_part_on_tiny_networks_and_writes_every_field(tmp_
             assert set(gpu.PARITY_FIELDS) <= set(row["parity"]) and row["parity"]["num_images"] == 2
         else:
             assert row["skipped"] == "skipped: needs CUDA"
-    assert compiled == [{"mode": None, "dynamic": False}]  # the compile row, and only it, compiled the UNet
+    # the compile row compiled the UNet, and so did each later row whose recipe took the lever (a combination
+    # picks it when it measured faster, which with this stand-in for compiling is down to noise)
+    recipes = [row["recipe"] for row in [*levers["combination"]["rows"], *report["student"]["rows"]]]
+    compiling = 1 + sum("compile" in recipe.split("+") for recipe in recipes)
+    assert compiled == [{"mode": None, "dynamic": False}] * compiling
     assert levers["rows"]["double_batch"]["batch_size"] == 4
     candidates = [levers["default"], *levers["rows"].values(), *levers["combination"]["rows"]]
     assert levers["best"]["images_per_s"] == max(row["images_per_s"] for row in candidates if row.get("at_parity"))
