@@ -28,7 +28,7 @@ student's few-step images with the teacher's.
    recipe, decoder apart (``sampling_benchmark.time_recipe``).
 
     python -m benchmarks.parity_model --output_dir models/parity --minutes 8
-    python -m benchmarks.distill_parity --parity_model_dir models/parity --iterations 2000 --threads 1 \\
+    python -m benchmarks.distill_parity --parity_model_dir models/parity --iterations 1500 --threads 1 \\
         --output_json docs/distillation_parity.json
 """
 
