@@ -516,6 +516,21 @@ def best_row(rows: Iterable[dict]) -> dict | None:
 
 
 # -- the part ----------------------------------------------------------------------------------------
+def measure_levers(
+    bench: Bench, names, batch_size: int, check_budget: Callable[[str], str | None], report: dict, save=None
+) -> None:
+    """Each lever of ``names`` alone at ``batch_size`` into ``report["rows"]`` (or why it was skipped for time),
+    logged, and ``save(report)`` after each row when given."""
+    for name in names:
+        reason = check_budget(f"lever:{name}")
+        lever = LEVER_BY_NAME[name]
+        row = {"recipe": name, "what": lever.what, "skipped": reason} if reason else measure(bench, lever, batch_size)
+        report["rows"][name] = row
+        bench.log(f"lever {name}: {summary_line(row)}")
+        if save is not None:
+            save(report)
+
+
 def levers_part(bench: Bench, names, batch_size: int, check_budget: Callable[[str], str | None], save) -> dict:
     """The default eager at ``batch_size`` (the yardstick), each lever of ``names`` alone, then the best
     combination at ``batch_size`` and twice it; ``save(report)`` after every row (a run cut short keeps them).
@@ -527,13 +542,7 @@ def levers_part(bench: Bench, names, batch_size: int, check_budget: Callable[[st
     report["parity_images"] = int(bench.reference[0].shape[0])
     report["default"] = measure(bench, NO_LEVER, batch_size)
     save(report)
-    for name in names:
-        reason = check_budget(f"lever:{name}")
-        lever = LEVER_BY_NAME[name]
-        row = {"recipe": name, "what": lever.what, "skipped": reason} if reason else measure(bench, lever, batch_size)
-        report["rows"][name] = row
-        bench.log(f"lever {name}: {summary_line(row)}")
-        save(report)
+    measure_levers(bench, names, batch_size, check_budget, report, save)
     chosen, left_out = choose_combination(report["rows"], report["default"])
     report["combination"] = {"levers": chosen, "left_out": left_out, "rows": []}
     if chosen:
@@ -559,12 +568,7 @@ def late_levers_part(bench: Bench, names, batch_size: int, check_budget: Callabl
         make_reference(bench)
         bench.yardstick = None
         report["default"] = measure(bench, NO_LEVER, batch_size)
-    for name in names:
-        reason = check_budget(f"lever:{name}")
-        lever = LEVER_BY_NAME[name]
-        row = {"recipe": name, "what": lever.what, "skipped": reason} if reason else measure(bench, lever, batch_size)
-        report["rows"][name] = row
-        bench.log(f"lever {name}: {summary_line(row)}")
+    measure_levers(bench, names, batch_size, check_budget, report)
     return report
 
 

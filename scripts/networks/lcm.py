@@ -27,6 +27,15 @@ TIMESTEP_SCALING = 10.0
 ORIGINAL_INFERENCE_STEPS = 50
 #: Step counts the sampler accepts: a consistency student is made for few steps (docs/distillation.md).
 MAX_STEPS = 8
+
+
+def student_step_count(num_inference_steps, method: str) -> int:
+    """``num_inference_steps`` as an int, checked to be in 1 .. ``MAX_STEPS`` (a ValueError naming ``method``)."""
+    if not 1 <= int(num_inference_steps) <= MAX_STEPS:
+        raise ValueError(f"num_inference_steps must be in [1, {MAX_STEPS}] for {method}, got {num_inference_steps}.")
+    return int(num_inference_steps)
+
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -95,9 +104,7 @@ class LCMSamplingScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose ``num_inference_steps`` (1 .. ``MAX_STEPS``) timesteps of the skipping-step schedule."""
-        if not 1 <= int(num_inference_steps) <= MAX_STEPS:
-            raise ValueError(f"num_inference_steps must be in [1, {MAX_STEPS}] for LCM, got {num_inference_steps}.")
-        self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = student_step_count(num_inference_steps, "LCM")
         self.solver.set_timesteps(self.num_inference_steps, device=device)
         self.timesteps = self.solver.timesteps
 

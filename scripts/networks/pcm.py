@@ -24,7 +24,7 @@ import torch
 from monai.networks.schedulers import Scheduler
 
 # the skipping-step schedule (50 of 1000 timesteps) and the step counts (1-8) are those of LCM students
-from scripts.networks.lcm import MAX_STEPS, ORIGINAL_INFERENCE_STEPS
+from scripts.networks.lcm import ORIGINAL_INFERENCE_STEPS, student_step_count
 
 #: The student's own classifier-free guidance at sampling time, a factor on the guidance distilled into it:
 #: 1 is the distilled scale in one UNet pass per step; 0 samples the unconditional ODE; other values run the
@@ -146,9 +146,7 @@ class PhasedConsistencyScheduler(Scheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Choose ``num_inference_steps`` (1 .. ``MAX_STEPS``) timesteps of the skipping-step schedule."""
-        if not 1 <= int(num_inference_steps) <= MAX_STEPS:
-            raise ValueError(f"num_inference_steps must be in [1, {MAX_STEPS}] for PCM, got {num_inference_steps}.")
-        self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = student_step_count(num_inference_steps, "PCM")
         steps = sampling_timesteps(self.num_inference_steps, self.original_inference_steps, self.num_train_timesteps)
         self.timesteps = torch.tensor(steps, dtype=torch.long, device=device)
 

@@ -33,6 +33,21 @@ def randomize_zero_layers(network: torch.nn.Module, std: float = 0.05) -> torch.
     return network
 
 
+def tiny_sampling_parts(tokenizer, **extra) -> dict:
+    """The tiny config's parser, a UNet with random (non-zero) weights, the autoencoder, a tiny text encoder and
+    ``tokenizer`` (seeded: the same networks in every test module), plus ``extra`` entries."""
+    parser = tiny_parser()
+    torch.manual_seed(0)
+    return {
+        "parser": parser,
+        "unet": randomize_zero_layers(parser.get_parsed_content("network_def")).eval(),
+        "autoencoder": parser.get_parsed_content("autoencoder_def").eval(),
+        "text_encoder": make_tiny_text_encoder(),
+        "tokenizer": tokenizer,
+        **extra,
+    }
+
+
 def write_tiny_weights(model_dir: Path, seed: int = 0) -> Path:
     """Random tiny autoencoder / UNet weights (new MONAI layout) and a tiny text encoder in ``model_dir``."""
     model_dir = Path(model_dir)

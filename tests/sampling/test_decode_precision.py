@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers.bundle import tiny_parser
-from helpers.networks import make_tiny_text_encoder
+from helpers.networks import tiny_sampling_parts
 
 #: bf16 decoder against float32 on the same latents (tiny random networks, images in [0, 1]); measured
 #: 0.0032 / 0.023 / 0.070 (docs/performance.md gives the parity model's figures)
@@ -16,15 +16,7 @@ MEAN_ABS, P99, MAX_ABS = 0.01, 0.05, 0.2
 
 @pytest.fixture(scope="module")
 def parts(tokenizer):
-    parser = tiny_parser()
-    torch.manual_seed(0)
-    return {
-        "parser": parser,
-        "autoencoder": parser.get_parsed_content("autoencoder_def").eval(),
-        "text_encoder": make_tiny_text_encoder(),
-        "tokenizer": tokenizer,
-        "latents": torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
-    }
+    return tiny_sampling_parts(tokenizer, latents=torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
 
 
 def _sampler(parts, decode_dtype):

@@ -11,25 +11,14 @@ import math
 import pytest
 import torch
 
-from helpers.bundle import tiny_parser
-from helpers.networks import randomize_zero_layers
+from helpers.networks import tiny_sampling_parts
 from scripts.common.errors import root_cause
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """A tiny UNet with random weights, a tiny text encoder and autoencoder, and the config's noise schedule."""
-    from helpers.networks import make_tiny_text_encoder
-
-    parser = tiny_parser()
-    torch.manual_seed(0)
-    return {
-        "parser": parser,
-        "unet": randomize_zero_layers(parser.get_parsed_content("network_def")).eval(),
-        "autoencoder": parser.get_parsed_content("autoencoder_def").eval(),
-        "text_encoder": make_tiny_text_encoder(),
-        "tokenizer": tokenizer,
-    }
+    return tiny_sampling_parts(tokenizer)
 
 
 def _lcm_sampler(tiny, steps: int):

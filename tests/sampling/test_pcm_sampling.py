@@ -10,22 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.bundle import tiny_parser
-from helpers.networks import make_tiny_text_encoder, randomize_zero_layers
+from helpers.networks import tiny_sampling_parts
 from scripts.common.errors import root_cause
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    parser = tiny_parser()
-    torch.manual_seed(0)
-    return {
-        "parser": parser,
-        "unet": randomize_zero_layers(parser.get_parsed_content("network_def")).eval(),
-        "autoencoder": parser.get_parsed_content("autoencoder_def").eval(),
-        "text_encoder": make_tiny_text_encoder(),
-        "tokenizer": tokenizer,
-    }
+    return tiny_sampling_parts(tokenizer)
 
 
 def _scheduler(tiny):
