@@ -13,7 +13,8 @@ x_t arrives at the lower edge of t's segment of the ODE.
 
 One training iteration, for a batch of latents z and text contexts c:
 
-1. draw n uniformly from 1..N and noise z to x_{t_n} = √ᾱ · z + √(1−ᾱ) · ε;
+1. draw n from 1..N (uniformly; with ``emphasised_timestep_fraction`` > 0 that share of the batch is drawn from
+   ``emphasised_timesteps``, the timesteps the student samples at) and noise z to x_{t_n} = √ᾱ · z + √(1−ᾱ) · ε;
 2. teacher: up to ``teacher_steps`` guided DDIM steps of skip k from t_n towards the segment's lower edge s
    (o = o_∅ + w · (o_c − o_∅), w from ``guidance_scale_range``), stopping at s;
 3. target: where the teacher stopped above s, the target network θ⁻ (an EMA of the student) evaluates f there
@@ -188,6 +189,10 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             the sampler's ``original_inference_steps``.
         teacher_steps: teacher DDIM steps per target before θ⁻ takes over (1: LCM's and PCM's published
             recipes), or "phase": the teacher solves to the segment's lower edge.
+        emphasised_timesteps: timesteps of the schedule drawn more often than the others: the student's sampling
+            timesteps (``scripts.networks.pcm.sampling_timesteps``), where its few steps are evaluated.
+        emphasised_timestep_fraction: the expected share of a batch drawn uniformly from ``emphasised_timesteps``
+            (0: every timestep of the schedule equally often; 1: only those); the rest is uniform over all N.
         amp: run the teacher and target passes under ``torch.autocast(**amp_kwargs)``.
     """
 
@@ -204,6 +209,8 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         guidance_scale_range: Sequence[float] = (7.0, 7.0),
         num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS,
         teacher_steps: int | str = 1,
+        emphasised_timesteps: Sequence[int] = (),
+        emphasised_timestep_fraction: float = 0.0,
         sample_latents: bool = True,
         amp: bool = False,
         amp_kwargs: dict | None = None,
@@ -240,6 +247,18 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         # t_n = k·(n+1) − 1: 19, 39, ..., 999, the timesteps of diffusers' LCMScheduler (leading spacing)
         self.ddim_timesteps = torch.arange(1, int(num_ddim_timesteps) + 1) * self.skip - 1
         self.teacher_steps = _teacher_steps(teacher_steps, int(num_ddim_timesteps))
+        self.emphasised_timesteps = torch.as_tensor([int(t) for t in emphasised_timesteps], dtype=torch.long)
+        self.emphasised_timestep_fraction = float(emphasised_timestep_fraction)
+        if not 0.0 <= self.emphasised_timestep_fraction <= 1.0:
+            raise ValueError(f"emphasised_timestep_fraction must be in [0, 1], got {emphasised_timestep_fraction}.")
+        off_schedule = sorted(set(self.emphasised_timesteps.tolist()) - set(self.ddim_timesteps.tolist()))
+        if off_schedule:
+            raise ValueError(
+                f"emphasised_timesteps {off_schedule} are not on the {int(num_ddim_timesteps)}-timestep schedule "
+                f"(k·j − 1 for k = {self.skip}); use scripts.networks.pcm.sampling_timesteps."
+            )
+        if self.emphasised_timestep_fraction > 0 and not len(self.emphasised_timesteps):
+            raise ValueError("emphasised_timestep_fraction > 0 needs emphasised_timesteps; give them or set it to 0.")
         self.prediction_type = scheduler.prediction_type
         self.amp = bool(amp)
         self.amp_kwargs = dict(amp_kwargs or {})
@@ -312,14 +331,24 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             latents[pending] = self.consistency(output, latents[pending], current[pending])
         return latents
 
+    def draw_timesteps(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) training timesteps: each one of ``emphasised_timesteps`` with probability
+        ``emphasised_timestep_fraction`` (uniformly among them), else uniform over the whole schedule."""
+        schedule = self.ddim_timesteps.to(device)
+        timesteps = schedule[torch.randint(0, len(schedule), (batch,), device=device)]
+        if self.emphasised_timestep_fraction > 0:
+            emphasised = self.emphasised_timesteps.to(device)
+            chosen = emphasised[torch.randint(0, len(emphasised), (batch,), device=device)]
+            timesteps = torch.where(torch.rand(batch, device=device) < self.emphasised_timestep_fraction, chosen, timesteps)
+        return timesteps
+
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         latents, context = self.encode(batchdata, device, non_blocking)
         # plain tensors: MONAI's MetaTensor (what the data loader gives) costs a Python hook on every operation,
         # which dominates small networks' many teacher passes
         latents, context = latents.as_subclass(torch.Tensor), context.as_subclass(torch.Tensor)
         noise = self.get_noise(latents)
-        index = torch.randint(0, len(self.ddim_timesteps), (latents.shape[0],), device=latents.device)
-        timesteps = self.ddim_timesteps.to(latents.device)[index]
+        timesteps = self.draw_timesteps(latents.shape[0], latents.device)
         noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         target = self.targets(noisy, timesteps, context)
         return noisy, target, (), {"timesteps": timesteps, "condition": context}

@@ -51,7 +51,7 @@ def parts(tokenizer):
     }
 
 
-def _prepare(parts, method: str, teacher_steps):
+def _prepare(parts, method: str, teacher_steps, **timestep_draw):
     from scripts.training.distillation import ConsistencyDistillationPrepareBatch, consistency_parameterisation
 
     return ConsistencyDistillationPrepareBatch(
@@ -65,6 +65,7 @@ def _prepare(parts, method: str, teacher_steps):
         consistency=consistency_parameterisation(method, parts["scheduler"], num_phases=4),
         guidance_scale_range=(GUIDANCE, GUIDANCE),
         teacher_steps=teacher_steps,
+        **timestep_draw,
     )
 
 
@@ -178,3 +179,46 @@ def test_bad_method_and_teacher_steps_are_refused_in_one_line(parts):
         consistency_parameterisation("pcmm", parts["scheduler"])
     with pytest.raises(ValueError, match="teacher_steps must be an integer >= 1 or 'phase'"):
         _prepare(parts, "pcm", 0)
+
+
+def test_emphasised_timesteps_are_drawn_at_the_configured_share(parts):
+    """Each emphasised timestep's share is fraction/8 + (1 − fraction)/50, every other one's (1 − fraction)/50:
+    counted over 200,000 draws (binomial standard error < 0.001)."""
+    emphasised = [999, 879, 759, 639, 499, 379, 259, 139]
+    fraction, draws = 0.5, 200_000
+    prepare = _prepare(parts, "pcm", "phase", emphasised_timesteps=emphasised, emphasised_timestep_fraction=fraction)
+    torch.manual_seed(3)
+    drawn = prepare.draw_timesteps(draws, torch.device("cpu"))
+    schedule = [20 * j - 1 for j in range(1, 51)]
+    assert set(drawn.tolist()) == set(schedule)
+    shares = torch.bincount(drawn, minlength=1000).double() / draws
+    for t in schedule:
+        expected = (1 - fraction) / 50 + (fraction / 8 if t in emphasised else 0.0)
+        assert abs(float(shares[t]) - expected) < 0.004, (t, float(shares[t]), expected)
+    only = _prepare(parts, "pcm", "phase", emphasised_timesteps=[999, 259], emphasised_timestep_fraction=1.0)
+    assert set(only.draw_timesteps(1000, torch.device("cpu")).tolist()) == {999, 259}
+
+
+def test_uniform_draw_is_unchanged_without_emphasis(parts):
+    """Fraction 0 draws what the uniform recipe drew from the same generator state (runs stay reproducible)."""
+    prepare = _prepare(parts, "pcm", "phase")
+    torch.manual_seed(5)
+    drawn = prepare.draw_timesteps(64, torch.device("cpu"))
+    torch.manual_seed(5)
+    expected = (torch.randint(0, 50, (64,)) + 1) * 20 - 1
+    assert torch.equal(drawn, expected)
+
+
+def test_distill_config_emphasises_the_student_samplers_timesteps():
+    """The config's emphasised timesteps are where its 8-step sampler evaluates the student (which holds the
+    1-, 2- and 4-step samplers' timesteps), and reach the prepare-batch component."""
+    from helpers.bundle import distill_configs, load_parser
+
+    parser = load_parser(distill_configs(), {"emphasised_timestep_fraction": 0.5})
+    assert parser.get_parsed_content("emphasised_timesteps") == [999, 879, 759, 639, 499, 379, 259, 139]
+    sampler = parser.get_parsed_content("scheduler_name")
+    assert sampler == "pcm"
+    prepare = parser["prepare_batch"]
+    assert prepare["emphasised_timesteps"] == "@emphasised_timesteps"
+    assert prepare["emphasised_timestep_fraction"] == "@emphasised_timestep_fraction"
+    assert parser.get_parsed_content("emphasised_timestep_fraction") == 0.5
