@@ -339,7 +339,8 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         if self.emphasised_timestep_fraction > 0:
             emphasised = self.emphasised_timesteps.to(device)
             chosen = emphasised[torch.randint(0, len(emphasised), (batch,), device=device)]
-            timesteps = torch.where(torch.rand(batch, device=device) < self.emphasised_timestep_fraction, chosen, timesteps)
+            emphasise = torch.rand(batch, device=device) < self.emphasised_timestep_fraction
+            timesteps = torch.where(emphasise, chosen, timesteps)
         return timesteps
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
