@@ -15,6 +15,9 @@ One training iteration, for a batch of latents z and text contexts c:
 
 1. draw n from 1..N (uniformly; with ``emphasised_timestep_fraction`` > 0 that share of the batch is drawn from
    ``emphasised_timesteps``, the timesteps the student samples at) and noise z to x_{t_n} = √ᾱ · z + √(1−ᾱ) · ε;
+   with ``rollout_fraction`` > 0 (``"pcm"``), that share of the batch instead starts at a lower phase edge e
+   (759, 499 or 259) from the latent the target network's own sampler reaches there: z noised to the top edge
+   (999), then one θ⁻ step per phase down to e, as the few-step sampler will feed the student;
 2. teacher: up to ``teacher_steps`` guided DDIM steps of skip k from t_n towards the segment's lower edge s
    (o = o_∅ + w · (o_c − o_∅), w from ``guidance_scale_range``), stopping at s;
 3. target: where the teacher stopped above s, the target network θ⁻ (an EMA of the student) evaluates f there
@@ -193,6 +196,10 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             timesteps (``scripts.networks.pcm.sampling_timesteps``), where its few steps are evaluated.
         emphasised_timestep_fraction: the expected share of a batch drawn uniformly from ``emphasised_timesteps``
             (0: every timestep of the schedule equally often; 1: only those); the rest is uniform over all N.
+        rollout_fraction: the expected share of a batch (``"pcm"`` only) whose input is the target network's own
+            sample at a lower phase edge (``rollout``) instead of the data noised there: the sampler's later steps
+            start from the earlier steps' outputs, not from noised data, and this trains them on those inputs
+            (0: none, the published recipe).
         amp: run the teacher and target passes under ``torch.autocast(**amp_kwargs)``.
     """
 
@@ -211,6 +218,7 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         teacher_steps: int | str = 1,
         emphasised_timesteps: Sequence[int] = (),
         emphasised_timestep_fraction: float = 0.0,
+        rollout_fraction: float = 0.0,
         sample_latents: bool = True,
         amp: bool = False,
         amp_kwargs: dict | None = None,
@@ -259,6 +267,16 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             )
         if self.emphasised_timestep_fraction > 0 and not len(self.emphasised_timesteps):
             raise ValueError("emphasised_timestep_fraction > 0 needs emphasised_timesteps; give them or set it to 0.")
+        self.rollout_fraction = float(rollout_fraction)
+        if not 0.0 <= self.rollout_fraction <= 1.0:
+            raise ValueError(f"rollout_fraction must be in [0, 1], got {rollout_fraction}.")
+        # where the phased sampler's steps after the first start: the lower phase edges except the clean end
+        self.rollout_edges = torch.as_tensor([int(e) for e in getattr(consistency, "edges", ()) if int(e) >= 0])
+        if self.rollout_fraction > 0 and not len(self.rollout_edges):
+            raise ValueError(
+                f"rollout_fraction > 0 needs the phased method with 2 or more phases (distill_method 'pcm', "
+                f"num_phases >= 2), got {getattr(consistency, 'method', consistency)!r}; set rollout_fraction to 0."
+            )
         self.prediction_type = scheduler.prediction_type
         self.amp = bool(amp)
         self.amp_kwargs = dict(amp_kwargs or {})
@@ -343,6 +361,26 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
             timesteps = torch.where(emphasise, chosen, timesteps)
         return timesteps
 
+    @torch.no_grad()
+    def rollout(self, latents: torch.Tensor, noise: torch.Tensor, edges: torch.Tensor, context: torch.Tensor):
+        """The target network's own phased sample (B, 3, h, w), float32, at lower phase ``edges`` (B,).
+
+        ``latents`` (B, 3, h, w) noised with ``noise`` to the schedule's top timestep (999), then one step of f_θ⁻
+        per phase (θ⁻ with ``context`` only: the student's sampler at guidance 1) until each sample is at its edge:
+        the input the few-step sampler gives the student there.
+        """
+        top = self.ddim_timesteps[-1].to(latents.device)
+        current = top.expand(latents.shape[0]).clone()
+        sample = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=current).float()
+        while True:
+            active = (current > edges).nonzero().flatten()
+            if len(active) == 0:
+                return sample
+            with self._autocast(latents.device):
+                output = self.target_network(sample[active], timesteps=current[active], context=context[active])
+            sample[active] = self.consistency(output, sample[active], current[active])
+            current[active] = self.consistency.lower_edges(current[active])
+
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         latents, context = self.encode(batchdata, device, non_blocking)
         # plain tensors: MONAI's MetaTensor (what the data loader gives) costs a Python hook on every operation,
@@ -351,6 +389,17 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
         noise = self.get_noise(latents)
         timesteps = self.draw_timesteps(latents.shape[0], latents.device)
         noisy = self.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        if self.rollout_fraction > 0:
+            edges = self.rollout_edges.to(latents.device)
+            edges = edges[torch.randint(0, len(edges), (latents.shape[0],), device=latents.device)]
+            rolled = (torch.rand(latents.shape[0], device=latents.device) < self.rollout_fraction).nonzero().flatten()
+            if len(rolled):
+                timesteps = timesteps.clone()
+                timesteps[rolled] = edges[rolled]
+                noisy = noisy.clone()
+                noisy[rolled] = self.rollout(latents[rolled], noise[rolled], edges[rolled], context[rolled]).to(
+                    noisy.dtype
+                )
         target = self.targets(noisy, timesteps, context)
         return noisy, target, (), {"timesteps": timesteps, "condition": context}
 

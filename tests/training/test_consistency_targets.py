@@ -214,7 +214,7 @@ def test_distill_config_emphasises_the_student_samplers_timesteps():
     1-, 2- and 4-step samplers' timesteps), and reach the prepare-batch component."""
     from helpers.bundle import distill_configs, load_parser
 
-    parser = load_parser(distill_configs(), {"emphasised_timestep_fraction": 0.5})
+    parser = load_parser(distill_configs(), {"emphasised_timestep_fraction": 0.5, "rollout_fraction": 0.25})
     assert parser.get_parsed_content("emphasised_timesteps") == [999, 879, 759, 639, 499, 379, 259, 139]
     sampler = parser.get_parsed_content("scheduler_name")
     assert sampler == "pcm"
@@ -222,3 +222,65 @@ def test_distill_config_emphasises_the_student_samplers_timesteps():
     assert prepare["emphasised_timesteps"] == "@emphasised_timesteps"
     assert prepare["emphasised_timestep_fraction"] == "@emphasised_timestep_fraction"
     assert parser.get_parsed_content("emphasised_timestep_fraction") == 0.5
+    assert prepare["rollout_fraction"] == "@rollout_fraction"
+    assert parser.get_parsed_content("rollout_fraction") == 0.25
+
+
+def _fixed_batch(prepare, parts, seed: int):
+    """Make ``prepare`` see the same latents, text and noise whatever the batch data (the tiny parts' shapes)."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(parts["noisy"].shape, generator=generator)
+    noise = torch.randn(parts["noisy"].shape, generator=generator)
+    prepare.encode = lambda batchdata, device=None, non_blocking=False: (latents, parts["context"])
+    prepare.get_noise = lambda like: noise
+    return latents, noise
+
+
+def test_rollout_input_is_the_target_networks_own_phased_sample_at_the_edge(parts):
+    """The target network's steps from the data noised to 999 down to each sample's edge, recomputed one sample at
+    a time in float64 with the schedule and the DDIM move written out."""
+    prepare = _prepare(parts, "pcm", "phase", rollout_fraction=0.5)
+    assert prepare.rollout_edges.tolist() == [259, 499, 759]
+    generator = torch.Generator().manual_seed(4)
+    latents = torch.randn(parts["noisy"].shape, generator=generator)
+    noise = torch.randn(parts["noisy"].shape, generator=generator)
+    edges = torch.tensor([759, 499, 259, 759, 499, 259])
+    result = prepare.rollout(latents, noise, edges, parts["context"])
+    for i, edge in enumerate(edges.tolist()):
+        a, sigma = _levels(999)
+        x, t = a * latents[i].double() + sigma * noise[i].double(), 999
+        for following in (759, 499, 259):
+            if t <= edge:
+                break
+            x, t = _move(_unet(parts["target"], x, t, parts["context"][i]), x, t, following), following
+        torch.testing.assert_close(result[i].double(), x, rtol=1e-4, atol=2e-5, msg=f"edge {edge}")
+
+
+def test_rolled_out_samples_train_at_their_edge_from_the_rollout(parts):
+    """With rollout_fraction 1 every input is the target network's sample at a lower phase edge and the target is
+    the teacher's solution from there; with 0 the inputs are the data noised at the drawn timesteps."""
+    prepare = _prepare(parts, "pcm", "phase", rollout_fraction=1.0)
+    latents, noise = _fixed_batch(prepare, parts, seed=6)
+    torch.manual_seed(8)
+    noisy, target, _, kwargs = prepare({})
+    timesteps = kwargs["timesteps"]
+    assert set(timesteps.tolist()) <= {759, 499, 259}
+    torch.testing.assert_close(noisy, prepare.rollout(latents, noise, timesteps, parts["context"]))
+    torch.testing.assert_close(target, prepare.targets(noisy, timesteps, parts["context"]))
+
+    plain = _prepare(parts, "pcm", "phase")
+    latents, noise = _fixed_batch(plain, parts, seed=6)
+    torch.manual_seed(8)
+    noisy, _, _, kwargs = plain({})
+    torch.manual_seed(8)
+    expected_timesteps = plain.draw_timesteps(len(latents), torch.device("cpu"))
+    assert torch.equal(kwargs["timesteps"], expected_timesteps)
+    expected = plain.scheduler.add_noise(original_samples=latents, noise=noise, timesteps=expected_timesteps)
+    torch.testing.assert_close(noisy, expected)
+
+
+def test_rollout_is_refused_where_it_cannot_apply(parts):
+    with pytest.raises(ValueError, match="rollout_fraction must be in"):
+        _prepare(parts, "pcm", "phase", rollout_fraction=1.5)
+    with pytest.raises(ValueError, match="rollout_fraction > 0 needs the phased method"):
+        _prepare(parts, "lcm", 1, rollout_fraction=0.25)
