@@ -18,12 +18,15 @@ student's few-step images with the teacher's.
    prompt's images against the no-finding prompt's: difference of means and AUROC). The score is what the
    synthetic radiographs draw for the finding (the torchxrayvision classifier has no weights offline): the
    mean intensity of the lung base on the stated side (a basal opacity) and of the region an enlarged heart
-   covers. For the effusions also: how often the stated side is brighter than the other. With
+   covers. For the effusions also: how often the stated side is brighter than the other, and how often an
+   image's side agrees with the teacher's image from the same seed (a paired comparison). With
    ``student_guidance``, the student also at other guidance factors (its sampling-time knob).
 5. Decoder: the student's and the teacher's latents decoded by the float32 decoder and by the decoder under
    bf16 autocast (``--decode_dtype bfloat16``): pixel RMSE (mean, median, max per image), largest pixel
    difference and DenseNet feature distance between the two.
-6. With ``--full_size_timing``: seconds per image at full size (released weights when present, random
+6. With ``--parts "['phases']"``: where the side of a one-sided finding is kept or lost: from the same noise,
+   each of the 4 phases solved by the teacher or by one student step (``compare_phases``).
+7. With ``--full_size_timing``: seconds per image at full size (released weights when present, random
    otherwise) of the student's 4 steps (float32 and bf16 decoder) against the default and the reference
    recipe, decoder apart (``sampling_benchmark.time_recipe``).
 
@@ -210,9 +213,15 @@ def _box_mean(images: torch.Tensor, box) -> np.ndarray:
     return images[:, 0, top:bottom, left:right].mean(dim=(1, 2)).numpy()
 
 
-def prompt_following(images_by_prompt: dict) -> list[dict]:
+def _stated_side(images: torch.Tensor, box, other_box) -> np.ndarray:
+    """(N,) bool: the stated side's base is brighter than the other side's."""
+    return _box_mean(images, box) > _box_mean(images, other_box)
+
+
+def prompt_following(images_by_prompt: dict, teacher_images_by_prompt: dict | None = None) -> list[dict]:
     """Per finding: its score on its own images vs the no-finding prompt's (difference, AUROC), and for
-    one-sided findings the fraction of images whose stated side is brighter than the other."""
+    one-sided findings the fraction of images whose stated side is brighter than the other and, given the
+    teacher's images from the same seeds, the fraction whose side agrees with the teacher's image's (paired)."""
     from scripts.evaluation.adherence import auroc
 
     rows = []
@@ -226,7 +235,11 @@ def prompt_following(images_by_prompt: dict) -> list[dict]:
             "auroc": auroc(own.tolist(), base.tolist()),
         }
         if other_box is not None:
-            row["stated_side_brighter"] = float(np.mean(own > _box_mean(images_by_prompt[prompt], other_box)))
+            side = _stated_side(images_by_prompt[prompt], box, other_box)
+            row["stated_side_brighter"] = float(np.mean(side))
+            if teacher_images_by_prompt is not None:
+                teacher_side = _stated_side(teacher_images_by_prompt[prompt], box, other_box)
+                row["stated_side_agrees_with_teacher"] = float(np.mean(side == teacher_side))
         rows.append(row)
     return rows
 
@@ -429,14 +442,85 @@ def compare_prompt_following(models: ParityModels, adherence_images: int, seed: 
         label = f"student {student}" + ("" if float(factor) == 1.0 else f" guidance {float(factor):g}")
         runs.append((label, models.student_parser, models.student_networks, student, {"guidance_scale": factor}))
     runs.append((f"undistilled {student}", models.student_parser, models.teacher_networks, student, {}))
-    following = {}
+    following, teacher_images = {}, None
     for label, parser, networks, entry, settings in runs:
         images = {
             prompt: _sample(parser, networks, entry, [prompt] * adherence_images, seeds, None, settings=settings)[1]
             for prompt in [*FINDINGS, NO_FINDING]
         }
-        following[label] = prompt_following(images)
+        following[label] = prompt_following(images, teacher_images)
+        teacher_images = teacher_images or images  # the first run is the teacher's
     return {"num_images_per_prompt": adherence_images, "no_finding_prompt": NO_FINDING, **following}
+
+
+#: "phases" part: which of the 4 phases (999 | 759 | 499 | 259 | clean) the guided teacher (T) or one student
+#: step (S) solves, in order
+PHASE_PATTERNS = ("TTTT", "SSSS", "STTT", "TSSS", "SSTT", "TTSS", "SSST", "TTTS")
+
+
+def compare_phases(models: ParityModels, adherence_images: int, seed: int, patterns=PHASE_PATTERNS) -> dict:
+    """The report's "phases" section: where along the ODE a one-sided finding's side is kept or lost.
+
+    From prompt following's noise (same seeds), each pattern solves the phases of a 4-phase student in turn
+    with the teacher (its guided DDIM steps of 20 timesteps to the phase edge) or the student (one step), then
+    decodes. Per one-sided finding and pattern: the stated-side rate, the mean margin (stated-side base minus
+    other-side base intensity) and the share of images whose side agrees with the all-teacher pattern's.
+    """
+    from scripts.networks.pcm import CLEAN, ddim_move, sampling_timesteps
+    from scripts.sampling.sampler import initial_latents
+
+    if models.student_scheduler != "pcm":
+        raise ValueError(f"the phases part needs a pcm student, got {models.student_scheduler!r}.")
+    _, teacher_recipe = _parity_recipe("ddim-50")
+    teacher = make_sampler(models.teacher_parser, models.teacher_networks, teacher_recipe, 50)
+    _, student_recipe = _parity_recipe("pcm-4")
+    student = make_sampler(models.student_parser, models.student_networks, student_recipe, 4)
+    alphas_cumprod, prediction = teacher.scheduler.alphas_cumprod, teacher.scheduler.prediction_type
+    edges = [*sampling_timesteps(4), CLEAN]
+    seeds = [seed + 30_000 + i for i in range(adherence_images)]
+
+    def move(sampler, unet, x, t, s, context, uncond):
+        output = sampler.guided_output(unet, x, t, context, uncond)
+        batch = len(x)
+        t, s = torch.full((batch,), t, dtype=torch.long), torch.full((batch,), s, dtype=torch.long)
+        return ddim_move(output, x, t, s, alphas_cumprod, prediction)
+
+    rows = {}
+    with torch.inference_mode():
+        for prompt, (box, other_box) in FINDINGS.items():
+            if other_box is None:
+                continue
+            context = teacher.encode_prompts([prompt] * len(seeds))
+            uncond = teacher.encode_prompts([""] * len(seeds))
+            margins = {}
+            for pattern in patterns:
+                x = initial_latents(seeds, teacher.latent_shape)
+                for solver, upper, lower in zip(pattern, edges[:-1], edges[1:]):
+                    if solver == "S":
+                        x = move(student, models.student_networks["network"], x, upper, lower, context, uncond)
+                        continue
+                    t = upper
+                    while t > lower:
+                        following = t - 20 if t - 20 > lower else lower
+                        x = move(teacher, models.teacher_networks["network"], x, t, following, context, uncond)
+                        t = following
+                images = teacher.decode(x)
+                margins[pattern] = _box_mean(images, box) - _box_mean(images, other_box)
+            teacher_side = margins[patterns[0]] > 0
+            rows[prompt] = {
+                pattern: {
+                    "stated_side_brighter": float(np.mean(margin > 0)),
+                    "mean_margin": float(margin.mean()),
+                    "side_agrees_with_teacher": float(np.mean((margin > 0) == teacher_side)),
+                }
+                for pattern, margin in margins.items()
+            }
+    return {
+        "num_images_per_prompt": adherence_images,
+        "phases": [f"{upper} -> {'clean' if lower < 0 else lower}" for upper, lower in zip(edges[:-1], edges[1:])],
+        "patterns": "T: the teacher's guided DDIM steps solve the phase; S: one student step",
+        "rows": rows,
+    }
 
 
 def compare_decoders(models: ParityModels, parity_images: int, seed: int) -> dict:
@@ -471,8 +555,8 @@ def compare_decoders(models: ParityModels, parity_images: int, seed: int) -> dic
 
 
 def evaluate(models: ParityModels, reference: KidReference | None, options: dict) -> dict:
-    """Steps 2-5 of the module docstring for ``options["parts"]``: the report's "parity", "kid",
-    "prompt_following" and "decoder" sections (``options``: ``parity_images``, ``adherence_images``, ``seed``,
+    """Steps 2-6 of the module docstring for ``options["parts"]``: the report's "parity", "kid",
+    "prompt_following", "decoder" and "phases" sections (``options``: ``parity_images``, ``adherence_images``, ``seed``,
     ``student_guidance``, ``kid_images``, ``kid_subset_size``)."""
     parts, seed = options["parts"], options["seed"]
     report: dict = {}
@@ -488,6 +572,8 @@ def evaluate(models: ParityModels, reference: KidReference | None, options: dict
         )
     if "decoder" in parts:
         report["decoder"] = compare_decoders(models, options["parity_images"], seed)
+    if "phases" in parts:
+        report["phases"] = compare_phases(models, options["adherence_images"], seed)
     return report
 
 
@@ -578,11 +664,19 @@ def print_report(report: dict) -> None:
         if isinstance(rows, list):
             print(f"prompt following, {label}")
             for row in rows:
-                side = row.get("stated_side_brighter")
+                side, agrees = row.get("stated_side_brighter"), row.get("stated_side_agrees_with_teacher")
                 print(
                     f"  {row['prompt']:<32} difference {row['difference']:+.3f}  AUROC {row['auroc']:.2f}"
                     + ("" if side is None else f"  stated side brighter {side:.0%}")
+                    + ("" if agrees is None else f" (agrees with the teacher's image {agrees:.0%})")
                 )
+    for prompt, rows in ((report.get("phases") or {}).get("rows") or {}).items():
+        print(f"phases (T teacher, S student; {report['phases']['phases']}), {prompt}")
+        for pattern, row in rows.items():
+            print(
+                f"  {pattern}  stated side brighter {row['stated_side_brighter']:.0%}  margin "
+                f"{row['mean_margin']:+.4f}  side agrees with TTTT {row['side_agrees_with_teacher']:.0%}"
+            )
     for label, row in ((report.get("decoder") or {}).get("rows") or {}).items():
         print(f"bf16 decoder vs float32, {label}: {row}")
     if isinstance(report.get("full_size_timing"), dict):
@@ -641,8 +735,9 @@ def main(
         threads: torch threads (None: torch's default); 1 on cores other work shares.
         xrv_weights: torchxrayvision DenseNet weights (random weights without: distances between sets still
             compare, absolute values mean little).
-        parts: which comparisons to run ("parity", "kid", "following", "decoder"); with fewer than all, the
-            others are kept from an existing ``output_json``.
+        parts: which comparisons to run ("parity", "kid", "following", "decoder", and "phases", which is not
+            run by default); with other than the default four, the others are kept from an existing
+            ``output_json``.
         kid_subset_size: images per KID subset (100 subsets; the mean and spread over them are reported).
     """
     if threads:
@@ -676,7 +771,7 @@ def main(
 
 
 def distil_and_evaluate(model_dir: Path, work: Path, report: dict, student: str | None, run: dict, options: dict):
-    """Steps 1-5: distil (unless ``student`` is given; ``run``: ``distil``'s settings and ``kid_every``), then
+    """Steps 1-6: distil (unless ``student`` is given; ``run``: ``distil``'s settings and ``kid_every``), then
     ``evaluate`` with ``options`` (and ``student_scheduler``, ``xrv_weights``); returns ``report`` completed."""
     method = (
         options["student_scheduler"]

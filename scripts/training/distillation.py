@@ -23,7 +23,8 @@ One training iteration, for a batch of latents z and text contexts c:
 3. target: where the teacher stopped above s, the target network θ⁻ (an EMA of the student) evaluates f there
    without gradient (LCM's bootstrapped target); where it reached s, the target is the teacher's own latent at s
    (f is the identity at an edge), and no target network is involved;
-4. student: f_θ(x_{t_n}, t_n), and the loss is the pseudo-Huber distance √((f_θ − target)² + c²) − c.
+4. student: f_θ(x_{t_n}, t_n), and the loss is the pseudo-Huber distance √((f_θ − target)² + c²) − c (with
+   ``phase_loss_weights``, f_θ and the target both multiplied by the factor of t_n's phase).
 
 ``teacher_steps`` 1 is the published recipes' (one teacher step, then θ⁻); ``"phase"`` lets the teacher solve
 the whole segment, so that every target is the teacher's own ODE solution on the schedule and nothing bootstraps
@@ -89,6 +90,10 @@ class LatentConsistency:
 
     method = "lcm"
 
+    def weighted(self, values: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``values`` unchanged: one segment, one loss weight."""
+        return values
+
     def __init__(self, scheduler, timestep_scaling: float = TIMESTEP_SCALING, sigma_data: float = SIGMA_DATA) -> None:
         self.scheduler = scheduler
         self.timestep_scaling = float(timestep_scaling)
@@ -118,14 +123,38 @@ class PhasedConsistency:
         scheduler: the training noise schedule (``alphas_cumprod``, ``prediction_type``, ``num_train_timesteps``).
         num_phases: phases of the ODE; the student samples best with that many steps (or twice as many).
         num_ddim_timesteps: N of the skipping-step schedule (50).
+        phase_loss_weights: one positive factor per phase, the noisiest phase first (None: all 1); the student's
+            f and its target are both multiplied by their phase's factor before the loss compares them.
     """
 
     method = "pcm"
 
-    def __init__(self, scheduler, num_phases: int = 4, num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS) -> None:
+    def __init__(
+        self,
+        scheduler,
+        num_phases: int = 4,
+        num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS,
+        phase_loss_weights: Sequence[float] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.num_phases = int(num_phases)
         self.edges = phase_edges(self.num_phases, int(num_ddim_timesteps), int(scheduler.num_train_timesteps))
+        weights = [1.0] * self.num_phases if phase_loss_weights is None else [float(w) for w in phase_loss_weights]
+        if len(weights) != self.num_phases or min(weights) <= 0:
+            raise ValueError(
+                f"phase_loss_weights must be {self.num_phases} positive factors (one per phase, the noisiest "
+                f"first), got {list(phase_loss_weights)}."
+            )
+        # ascending like ``edges``: the weight of the phase whose lower edge is edges[i]
+        self.loss_weights = torch.tensor(weights[::-1], dtype=torch.float32)
+
+    def weighted(self, values: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``values`` (B, C, h, w) times the loss weight of each sample's phase (``timesteps`` (B,))."""
+        if bool((self.loss_weights == 1.0).all()):
+            return values
+        edges = torch.as_tensor(self.edges, device=timesteps.device)
+        phase = (edges[None, :] < timesteps[:, None]).long().sum(dim=1).clamp(min=1) - 1
+        return values * _per_sample(self.loss_weights.to(timesteps.device)[phase], values)
 
     def lower_edges(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The lower phase edge of each timestep (B,) (``scripts.networks.pcm.CLEAN`` for the last phase)."""
@@ -150,13 +179,15 @@ def consistency_parameterisation(
     num_ddim_timesteps: int = ORIGINAL_INFERENCE_STEPS,
     timestep_scaling: float = TIMESTEP_SCALING,
     sigma_data: float = SIGMA_DATA,
+    phase_loss_weights: Sequence[float] | None = None,
 ):
-    """The consistency function of distillation ``method`` ("pcm" or "lcm"), shared by the target and the student."""
+    """The consistency function of distillation ``method`` ("pcm" or "lcm"), shared by the target and the student
+    (``phase_loss_weights``: ``PhasedConsistency``'s; ignored by "lcm")."""
     name = str(method).lower()
     if name == "pcm":
         if not 1 <= int(num_phases) <= int(num_ddim_timesteps):
             raise ValueError(f"num_phases must be in [1, {num_ddim_timesteps}], got {num_phases}.")
-        return PhasedConsistency(scheduler, num_phases, num_ddim_timesteps)
+        return PhasedConsistency(scheduler, num_phases, num_ddim_timesteps, phase_loss_weights)
     if name == "lcm":
         return LatentConsistency(scheduler, timestep_scaling, sigma_data)
     raise ValueError(f"distill_method must be one of {METHODS}, got {method!r}.")
@@ -400,12 +431,13 @@ class ConsistencyDistillationPrepareBatch(LatentVPredictionPrepareBatch):
                 noisy[rolled] = self.rollout(latents[rolled], noise[rolled], edges[rolled], context[rolled]).to(
                     noisy.dtype
                 )
-        target = self.targets(noisy, timesteps, context)
+        target = self.consistency.weighted(self.targets(noisy, timesteps, context), timesteps)
         return noisy, target, (), {"timesteps": timesteps, "condition": context}
 
 
 class ConsistencyInferer(Inferer):
-    """The student's consistency function f_θ(x_t, t) (B, 3, h, w), float32, as a MONAI inferer.
+    """The student's consistency function f_θ(x_t, t) (B, 3, h, w), float32, times its phase's loss weight
+    (``PhasedConsistency.weighted``; the targets carry the same factor), as a MONAI inferer.
 
     Args:
         consistency: ``consistency_parameterisation``'s function, the one the targets use.
@@ -416,7 +448,8 @@ class ConsistencyInferer(Inferer):
         self.consistency = consistency
 
     def __call__(self, inputs: torch.Tensor, network, timesteps: torch.Tensor, condition: torch.Tensor, **kwargs):
-        return self.consistency(network(inputs, timesteps=timesteps, context=condition), inputs, timesteps)
+        f = self.consistency(network(inputs, timesteps=timesteps, context=condition), inputs, timesteps)
+        return self.consistency.weighted(f, timesteps)
 
 
 class PseudoHuberLoss(torch.nn.Module):

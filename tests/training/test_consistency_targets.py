@@ -214,7 +214,8 @@ def test_distill_config_emphasises_the_student_samplers_timesteps():
     1-, 2- and 4-step samplers' timesteps), and reach the prepare-batch component."""
     from helpers.bundle import distill_configs, load_parser
 
-    parser = load_parser(distill_configs(), {"emphasised_timestep_fraction": 0.5, "rollout_fraction": 0.25})
+    overrides = {"emphasised_timestep_fraction": 0.5, "rollout_fraction": 0.25, "phase_loss_weights": [1, 3, 1, 1]}
+    parser = load_parser(distill_configs(), overrides)
     assert parser.get_parsed_content("emphasised_timesteps") == [999, 879, 759, 639, 499, 379, 259, 139]
     sampler = parser.get_parsed_content("scheduler_name")
     assert sampler == "pcm"
@@ -224,6 +225,7 @@ def test_distill_config_emphasises_the_student_samplers_timesteps():
     assert parser.get_parsed_content("emphasised_timestep_fraction") == 0.5
     assert prepare["rollout_fraction"] == "@rollout_fraction"
     assert parser.get_parsed_content("rollout_fraction") == 0.25
+    assert parser.get_parsed_content("consistency").loss_weights.tolist() == [1.0, 1.0, 3.0, 1.0]
 
 
 def _fixed_batch(prepare, parts, seed: int):
@@ -284,3 +286,36 @@ def test_rollout_is_refused_where_it_cannot_apply(parts):
         _prepare(parts, "pcm", "phase", rollout_fraction=1.5)
     with pytest.raises(ValueError, match="rollout_fraction > 0 needs the phased method"):
         _prepare(parts, "lcm", 1, rollout_fraction=0.25)
+
+
+def test_phase_loss_weights_scale_the_student_and_its_target_by_their_phase(parts):
+    """Timesteps 999, 759, 499, 259 lie in phases 1-4 (lower edges 759, 499, 259, clean): with factors 2, 3, 5, 7
+    the inferer's f and the prepared target are those without weights times their phase's factor."""
+    from scripts.training.distillation import ConsistencyInferer, consistency_parameterisation
+
+    timesteps = torch.tensor([999, 759, 499, 259, 999, 259])
+    factors = torch.tensor([2.0, 3.0, 5.0, 7.0, 2.0, 7.0]).reshape(-1, 1, 1, 1)
+    noisy = parts["noisy"][: len(timesteps)]
+    plain = ConsistencyInferer(consistency_parameterisation("pcm", parts["scheduler"], num_phases=4))
+    weighted = ConsistencyInferer(
+        consistency_parameterisation("pcm", parts["scheduler"], num_phases=4, phase_loss_weights=[2, 3, 5, 7])
+    )
+    with torch.no_grad():
+        expected = plain(noisy, parts["teacher"], timesteps=timesteps, condition=parts["context"])
+        result = weighted(noisy, parts["teacher"], timesteps=timesteps, condition=parts["context"])
+    torch.testing.assert_close(result, factors * expected)
+
+    prepare = _prepare(parts, "pcm", "phase")
+    prepare.consistency = weighted.consistency
+    _fixed_batch(prepare, parts, seed=9)
+    prepare.draw_timesteps = lambda batch, device: timesteps
+    noisy, target, _, _ = prepare({})
+    torch.testing.assert_close(target, factors * prepare.targets(noisy, timesteps, parts["context"]))
+
+
+def test_bad_phase_loss_weights_are_refused_in_one_line(parts):
+    from scripts.training.distillation import consistency_parameterisation
+
+    for weights in ([1.0, 3.0, 1.0], [1.0, 0.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="phase_loss_weights must be 4 positive factors"):
+            consistency_parameterisation("pcm", parts["scheduler"], num_phases=4, phase_loss_weights=weights)
