@@ -319,3 +319,15 @@ def test_bad_phase_loss_weights_are_refused_in_one_line(parts):
     for weights in ([1.0, 3.0, 1.0], [1.0, 0.0, 1.0, 1.0]):
         with pytest.raises(ValueError, match="phase_loss_weights must be 4 positive factors"):
             consistency_parameterisation("pcm", parts["scheduler"], num_phases=4, phase_loss_weights=weights)
+
+
+def test_distill_config_defaults_are_the_measured_recipe_and_lcm_turns_rollout_off():
+    from helpers.bundle import distill_configs, load_parser
+
+    parser = load_parser(distill_configs(), {})
+    assert parser.get_parsed_content("emphasised_timestep_fraction") == 0.5
+    assert parser.get_parsed_content("rollout_fraction") == 0.5
+    assert parser.get_parsed_content("phase_loss_weights") == [1.0, 3.0, 1.0, 1.0]
+    lcm = load_parser(distill_configs(), {"distill_method": "lcm"})
+    assert lcm.get_parsed_content("rollout_fraction") == 0.0
+    assert load_parser(distill_configs(), {"num_phases": 2}).get_parsed_content("phase_loss_weights") is None
