@@ -184,6 +184,20 @@ def distil(
     }
 
 
+#: evaluation seeds' noise blocks are this far apart (a comparison uses fewer images than this)
+SEED_STRIDE = 100_000
+
+
+def evaluation_seeds(seed: int, offset: int, count: int) -> list[int]:
+    """The noise seeds of one comparison (``offset`` tells comparisons apart) for evaluation ``seed``: seed 0 gives
+    offset, offset + 1, ...; seed s starts s · ``SEED_STRIDE`` further, so two evaluation seeds never share an
+    image (``count`` < 10,000)."""
+    if not 0 <= int(count) < 10_000:
+        raise ValueError(f"at most 9,999 images per comparison, got {count}.")
+    start = int(offset) + int(seed) * SEED_STRIDE
+    return list(range(start, start + int(count)))
+
+
 def _sample(parser, networks, entry, prompts, seeds, feature_network, batch: int = 128, settings=None):
     """(latents, images, features) of one sampler ("scheduler-steps") on ``prompts`` × ``seeds``, in batches
     (features None without ``feature_network``); ``settings`` override the sampler's (e.g. ``decode_dtype``)."""
@@ -317,8 +331,8 @@ class KidReference:
         from benchmarks.parity_model import synthetic_set
 
         _, self.prompts = synthetic_set(kid_images, models.image_size, seed=seed + 2000)
-        self.seeds_a = [seed + 10_000 + i for i in range(kid_images)]
-        self.seeds_b = [seed + 20_000 + i for i in range(kid_images)]
+        self.seeds_a = evaluation_seeds(seed, 10_000, kid_images)
+        self.seeds_b = evaluation_seeds(seed, 20_000, kid_images)
         self.seed, self.subset_size = seed, subset_size
         self.features = models.teacher(TEACHER_SAMPLERS[-1], self.prompts, self.seeds_a)[2]
         self.mean = self.features.mean(dim=0)
@@ -381,7 +395,7 @@ def compare_parity(models: ParityModels, parity_images: int, seed: int) -> dict:
 
     # the same noise and text as the teacher's DDIM-200; prompts not used in training
     _, prompts = synthetic_set(parity_images, models.image_size, seed=seed + 1000)
-    seeds = [seed + i for i in range(parity_images)]
+    seeds = evaluation_seeds(seed, 0, parity_images)
     reference = models.teacher(TEACHER_REFERENCE, prompts, seeds)
     distances = {}
     for entry in TEACHER_SAMPLERS:
@@ -436,7 +450,7 @@ def compare_prompt_following(models: ParityModels, adherence_images: int, seed: 
     prompt and the no-finding prompt sampled with the same seeds."""
     default = TEACHER_SAMPLERS[-1]
     student = f"{models.student_scheduler}-{ADHERENCE_STEPS}"
-    seeds = [seed + 30_000 + i for i in range(adherence_images)]
+    seeds = evaluation_seeds(seed, 30_000, adherence_images)
     runs = [(f"teacher {default}", models.teacher_parser, models.teacher_networks, default, {})]
     for factor in student_guidance:
         label = f"student {student}" + ("" if float(factor) == 1.0 else f" guidance {float(factor):g}")
@@ -477,7 +491,7 @@ def compare_phases(models: ParityModels, adherence_images: int, seed: int, patte
     student = make_sampler(models.student_parser, models.student_networks, student_recipe, 4)
     alphas_cumprod, prediction = teacher.scheduler.alphas_cumprod, teacher.scheduler.prediction_type
     edges = [*sampling_timesteps(4), CLEAN]
-    seeds = [seed + 30_000 + i for i in range(adherence_images)]
+    seeds = evaluation_seeds(seed, 30_000, adherence_images)
 
     def move(sampler, unet, x, t, s, context, uncond):
         output = sampler.guided_output(unet, x, t, context, uncond)
@@ -530,7 +544,7 @@ def compare_decoders(models: ParityModels, parity_images: int, seed: int) -> dic
     from benchmarks.parity_model import synthetic_set
 
     _, prompts = synthetic_set(parity_images, models.image_size, seed=seed + 1000)
-    seeds = [seed + i for i in range(parity_images)]
+    seeds = evaluation_seeds(seed, 0, parity_images)
     default = TEACHER_SAMPLERS[-1]
     runs = {
         f"student {models.student_scheduler}-4": lambda **settings: models.student(4, prompts, seeds, **settings),
