@@ -153,7 +153,7 @@ class PhasedConsistency:
         if bool((self.loss_weights == 1.0).all()):
             return values
         edges = torch.as_tensor(self.edges, device=timesteps.device)
-        phase = (edges[None, :] < timesteps[:, None]).long().sum(dim=1).clamp(min=1) - 1
+        phase = torch.searchsorted(edges, self.lower_edges(timesteps))  # index of the lower edge, ascending
         return values * _per_sample(self.loss_weights.to(timesteps.device)[phase], values)
 
     def lower_edges(self, timesteps: torch.Tensor) -> torch.Tensor:
