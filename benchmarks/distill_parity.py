@@ -463,7 +463,8 @@ def compare_prompt_following(models: ParityModels, adherence_images: int, seed: 
             for prompt in [*FINDINGS, NO_FINDING]
         }
         following[label] = prompt_following(images, teacher_images)
-        teacher_images = teacher_images or images  # the first run is the teacher's
+        if teacher_images is None:  # the first run is the teacher's
+            teacher_images = images
     return {"num_images_per_prompt": adherence_images, "no_finding_prompt": NO_FINDING, **following}
 
 
